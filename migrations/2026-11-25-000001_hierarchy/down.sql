@@ -1,0 +1,3 @@
+DROP TABLE devices;
+DROP TABLE assets;
+DROP TABLE customers;

@@ -1,0 +1,183 @@
+//! Configuration from the environment.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `GCDR_LISTEN_ADDR` | `0.0.0.0:50051` | gRPC listen address |
+//! | `DATABASE_URL` | — | PostgreSQL URL; when set, the `PG*` variables are ignored |
+//! | `PGHOST` | `127.0.0.1` | PostgreSQL host (RFC-0004) |
+//! | `PGPORT` | `5432` | PostgreSQL port |
+//! | `PGDATABASE` | `gcdr` | database (created at start-up when missing) |
+//! | `PGUSER` | `$USER`, else `postgres` | user |
+//! | `PGPASSWORD` | — | password |
+//! | `PGSSL` | `false` | `true` requires TLS; not supported yet (start-up fails clearly) |
+//! | `GCDR_DB_POOL_SIZE` | `16` | most pooled connections |
+//! | `GCDR_DB_POOL_MIN_IDLE` | `2` | idle connections kept open |
+//! | `GCDR_DB_ACQUIRE_TIMEOUT_MS` | `5000` | wait for a pooled connection before UNAVAILABLE |
+//! | `GCDR_DB_STATEMENT_TIMEOUT_MS` | `30000` | server-side statement timeout |
+//! | `GCDR_MIGRATE_ON_START` | `true` | apply pending migrations when `serve` starts |
+//! | `GCDR_HEALTH_INTERVAL_MS` | `1000` | how often health probes the database |
+//! | `GCDR_LOG_FORMAT` | `text` | `json` for one JSON object per line |
+//! | `RUST_LOG` | `info` | log filter |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | — | when set, traces are exported over OTLP/gRPC |
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::storage::postgres::PoolConfig;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The whole process configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub database_url: String,
+    pub pool: PoolConfig,
+    pub migrate_on_start: bool,
+    pub health_interval: Duration,
+    pub log_format: LogFormat,
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// Reads the configuration through `get` (tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let num = |key: &str, default: u64| -> anyhow::Result<u64> {
+            get(key).map_or(Ok(default), |v| {
+                v.parse()
+                    .with_context(|| format!("{key}={v:?} is not a whole number"))
+            })
+        };
+        let flag = |key: &str, default: bool| -> anyhow::Result<bool> {
+            match get(key).as_deref().map(str::to_ascii_lowercase).as_deref() {
+                None => Ok(default),
+                Some("1" | "true" | "yes" | "on") => Ok(true),
+                Some("0" | "false" | "no" | "off") => Ok(false),
+                Some(other) => bail!("{key}={other:?} is not a boolean"),
+            }
+        };
+        let listen_addr = get("GCDR_LISTEN_ADDR").unwrap_or_else(|| "0.0.0.0:50051".into());
+        let listen_addr = listen_addr
+            .parse()
+            .with_context(|| format!("GCDR_LISTEN_ADDR={listen_addr:?} is not host:port"))?;
+        if flag("PGSSL", false)? {
+            bail!(
+                "PGSSL=true: TLS to PostgreSQL is not supported yet; connect through a TLS-terminating proxy \
+                 (RDS Proxy, pgBouncer) on a private network"
+            );
+        }
+        let database_url = match get("DATABASE_URL") {
+            Some(url) => url,
+            None => {
+                let host = get("PGHOST").unwrap_or_else(|| "127.0.0.1".into());
+                let port = num("PGPORT", 5432)?;
+                let db = get("PGDATABASE").unwrap_or_else(|| "gcdr".into());
+                let user = get("PGUSER")
+                    .or_else(|| get("USER"))
+                    .unwrap_or_else(|| "postgres".into());
+                let auth = match get("PGPASSWORD") {
+                    Some(p) => format!("{}:{}", encode(&user), encode(&p)),
+                    None => encode(&user),
+                };
+                if host.starts_with('/') {
+                    format!(
+                        "postgres://{auth}@localhost:{port}/{}?host={}",
+                        encode(&db),
+                        encode(&host)
+                    )
+                } else {
+                    format!("postgres://{auth}@{host}:{port}/{}", encode(&db))
+                }
+            }
+        };
+        let log_format = match get("GCDR_LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => bail!("GCDR_LOG_FORMAT={other:?}: expected text or json"),
+        };
+        let pool = PoolConfig {
+            max_size: u32::try_from(num("GCDR_DB_POOL_SIZE", 16)?.max(1)).unwrap_or(u32::MAX),
+            min_idle: Some(u32::try_from(num("GCDR_DB_POOL_MIN_IDLE", 2)?).unwrap_or(u32::MAX)),
+            acquire_timeout: Duration::from_millis(num("GCDR_DB_ACQUIRE_TIMEOUT_MS", 5000)?.max(1)),
+            statement_timeout: Duration::from_millis(num("GCDR_DB_STATEMENT_TIMEOUT_MS", 30_000)?),
+        };
+        Ok(Self {
+            listen_addr,
+            database_url,
+            pool,
+            migrate_on_start: flag("GCDR_MIGRATE_ON_START", true)?,
+            health_interval: Duration::from_millis(num("GCDR_HEALTH_INTERVAL_MS", 1000)?.max(50)),
+            log_format,
+            otlp_endpoint: get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        })
+    }
+}
+
+/// Percent-encodes a URL component.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::Config;
+
+    fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn with_no_configuration_it_uses_local_postgres() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.database_url, "postgres://postgres@127.0.0.1:5432/gcdr");
+        assert_eq!(c.listen_addr.to_string(), "0.0.0.0:50051");
+        assert!(c.migrate_on_start);
+    }
+
+    #[test]
+    fn rfc_pg_variables_build_the_url_with_an_encoded_password() {
+        let c = config(&[
+            ("PGHOST", "db"),
+            ("PGPORT", "6543"),
+            ("PGUSER", "app"),
+            ("PGPASSWORD", "p@ss/w"),
+            ("PGDATABASE", "g"),
+        ])
+        .unwrap();
+        assert_eq!(c.database_url, "postgres://app:p%40ss%2Fw@db:6543/g");
+    }
+
+    #[test]
+    fn database_url_wins_and_bad_values_are_refused() {
+        let c = config(&[("DATABASE_URL", "postgres://x@y/z"), ("PGHOST", "ignored")]).unwrap();
+        assert_eq!(c.database_url, "postgres://x@y/z");
+        assert!(config(&[("PGPORT", "abc")]).is_err());
+        assert!(config(&[("GCDR_LOG_FORMAT", "xml")]).is_err());
+        assert!(config(&[("PGSSL", "true")]).is_err());
+    }
+}

@@ -1,0 +1,247 @@
+//! The storage boundary: one trait per entity, the semantic `StoreError`, and `Store`,
+//! the bundle of trait objects the gRPC layer is handed.
+//!
+//! The gRPC layer never sees a backend type: a DynamoDB store or a routing switch can
+//! stand behind the same traits without any change above this module.
+
+pub mod postgres;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::domain::asset::{Asset, AssetDestination, AssetFilter, AssetPatch, NewAsset};
+use crate::domain::customer::{Customer, CustomerFilter, CustomerPatch, NewCustomer};
+use crate::domain::device::{ConnectivityStatus, Device, DeviceFilter, DevicePatch, NewDevice};
+use crate::domain::{AssetId, Ctx, CustomerId, DeviceId, Page, PageRequest, TenantId};
+
+/// What can go wrong in a store, in terms a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The entity (named by `entity`) does not exist in the tenant.
+    #[error("{entity} not found")]
+    NotFound { entity: &'static str },
+    /// A unique key is taken; `reason` is a stable UPPER_SNAKE code, `field` the key.
+    #[error("{reason}: {field} already exists")]
+    AlreadyExists {
+        reason: &'static str,
+        field: &'static str,
+    },
+    /// The expected version did not match the stored one.
+    #[error("version conflict: expected {expected}, stored {actual}")]
+    Conflict { expected: i64, actual: i64 },
+    /// The operation is not allowed in the current state (children exist, cycle, ...).
+    #[error("{reason}: {message}")]
+    FailedPrecondition {
+        reason: &'static str,
+        message: String,
+    },
+    /// A request value that only the store can judge (e.g. parent of another customer).
+    #[error("invalid {field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+    /// The backend cannot be reached right now (pool timeout, connection lost).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug or an unexpected backend answer. Logged, never shown.
+    #[error("internal storage error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Result of store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A subtree read for GetTree: the top node, its descendants (in path order) and
+/// whether the node cap cut it short.
+#[derive(Clone, Debug)]
+pub struct Subtree<T> {
+    pub nodes: Vec<T>,
+    pub truncated: bool,
+}
+
+/// Persistence of customers.
+#[async_trait]
+pub trait CustomerStore: Send + Sync {
+    async fn create(&self, ctx: &Ctx, new: NewCustomer) -> StoreResult<Customer>;
+    async fn get(&self, tenant: &TenantId, id: CustomerId) -> StoreResult<Customer>;
+    async fn get_by_code(&self, tenant: &TenantId, code: &str) -> StoreResult<Customer>;
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        id: CustomerId,
+        patch: CustomerPatch,
+        expected_version: Option<i64>,
+    ) -> StoreResult<Customer>;
+    async fn delete(
+        &self,
+        tenant: &TenantId,
+        id: CustomerId,
+        expected_version: Option<i64>,
+    ) -> StoreResult<()>;
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        filter: &CustomerFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Customer>>;
+    /// Descendants of `id` in path (pre-)order, at most `max_depth` levels below it.
+    async fn descendants(
+        &self,
+        tenant: &TenantId,
+        id: CustomerId,
+        max_depth: Option<i32>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Customer>>;
+    /// Ancestors of `id`, root first.
+    async fn ancestors(&self, tenant: &TenantId, id: CustomerId) -> StoreResult<Vec<Customer>>;
+    /// `id` and its descendants down to `max_depth` levels, at most `limit` nodes.
+    async fn subtree(
+        &self,
+        tenant: &TenantId,
+        id: CustomerId,
+        max_depth: i32,
+        limit: usize,
+    ) -> StoreResult<Subtree<Customer>>;
+    /// Moves `id` with its subtree under `new_parent` (`None`: to the root).
+    async fn move_to(
+        &self,
+        ctx: &Ctx,
+        id: CustomerId,
+        new_parent: Option<CustomerId>,
+        expected_version: Option<i64>,
+    ) -> StoreResult<Customer>;
+}
+
+/// Persistence of assets.
+#[async_trait]
+pub trait AssetStore: Send + Sync {
+    async fn create(&self, ctx: &Ctx, new: NewAsset) -> StoreResult<Asset>;
+    async fn get(&self, tenant: &TenantId, id: AssetId) -> StoreResult<Asset>;
+    async fn get_by_code(
+        &self,
+        tenant: &TenantId,
+        customer: CustomerId,
+        code: &str,
+    ) -> StoreResult<Asset>;
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        id: AssetId,
+        patch: AssetPatch,
+        expected_version: Option<i64>,
+    ) -> StoreResult<Asset>;
+    async fn delete(
+        &self,
+        tenant: &TenantId,
+        id: AssetId,
+        expected_version: Option<i64>,
+    ) -> StoreResult<()>;
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        filter: &AssetFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Asset>>;
+    async fn descendants(
+        &self,
+        tenant: &TenantId,
+        id: AssetId,
+        max_depth: Option<i32>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Asset>>;
+    async fn ancestors(&self, tenant: &TenantId, id: AssetId) -> StoreResult<Vec<Asset>>;
+    /// `id` and its descendants down to `max_depth` levels, at most `limit` nodes.
+    async fn subtree(
+        &self,
+        tenant: &TenantId,
+        id: AssetId,
+        max_depth: i32,
+        limit: usize,
+    ) -> StoreResult<Subtree<Asset>>;
+    /// Every asset of `customer` at most `max_depth` deep, at most `limit` nodes.
+    async fn customer_forest(
+        &self,
+        tenant: &TenantId,
+        customer: CustomerId,
+        max_depth: i32,
+        limit: usize,
+    ) -> StoreResult<Subtree<Asset>>;
+    async fn move_to(
+        &self,
+        ctx: &Ctx,
+        id: AssetId,
+        to: AssetDestination,
+        expected_version: Option<i64>,
+    ) -> StoreResult<Asset>;
+}
+
+/// Persistence of devices.
+#[async_trait]
+pub trait DeviceStore: Send + Sync {
+    async fn create(&self, ctx: &Ctx, new: NewDevice) -> StoreResult<Device>;
+    async fn get(&self, tenant: &TenantId, id: DeviceId) -> StoreResult<Device>;
+    async fn get_by_serial(&self, tenant: &TenantId, serial: &str) -> StoreResult<Device>;
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        id: DeviceId,
+        patch: DevicePatch,
+        expected_version: Option<i64>,
+    ) -> StoreResult<Device>;
+    async fn delete(
+        &self,
+        tenant: &TenantId,
+        id: DeviceId,
+        expected_version: Option<i64>,
+    ) -> StoreResult<()>;
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        filter: &DeviceFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Device>>;
+    async fn move_to(
+        &self,
+        ctx: &Ctx,
+        id: DeviceId,
+        asset: AssetId,
+        expected_version: Option<i64>,
+    ) -> StoreResult<Device>;
+    async fn set_connectivity(
+        &self,
+        ctx: &Ctx,
+        id: DeviceId,
+        status: ConnectivityStatus,
+    ) -> StoreResult<Device>;
+}
+
+/// Reachability of a backend, for health reporting.
+#[async_trait]
+pub trait HealthProbe: Send + Sync {
+    /// `Ok` when the backend answered a trivial query just now.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// Everything the gRPC layer needs from storage.
+#[derive(Clone)]
+pub struct Store {
+    pub customers: Arc<dyn CustomerStore>,
+    pub assets: Arc<dyn AssetStore>,
+    pub devices: Arc<dyn DeviceStore>,
+    pub health: Arc<dyn HealthProbe>,
+}
+
+impl Store {
+    /// A store backed entirely by one PostgreSQL pool.
+    pub fn postgres(pg: postgres::PgStore) -> Self {
+        let pg = Arc::new(pg);
+        Self {
+            customers: pg.clone(),
+            assets: pg.clone(),
+            devices: pg.clone(),
+            health: pg,
+        }
+    }
+}

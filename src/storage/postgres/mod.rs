@@ -1,0 +1,324 @@
+//! PostgreSQL backend: `PgStore` owns a bb8 pool of diesel-async connections and
+//! implements every store trait, one file per entity.
+//!
+//! Every store method is one unit of work with at most one transaction, and runs
+//! through [`PgStore::timed`], which times it and logs failures labelled by operation.
+
+mod assets;
+mod customers;
+mod devices;
+mod hierarchy;
+pub mod schema;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use super::{HealthProbe, StoreError, StoreResult};
+
+pub use hierarchy::customer_descendants_sql;
+
+/// The schema migrations, embedded in the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Pool settings.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub max_size: u32,
+    pub min_idle: Option<u32>,
+    /// How long a call waits for a free connection before failing UNAVAILABLE.
+    pub acquire_timeout: Duration,
+    /// Server-side `statement_timeout` for every connection.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_size: 16,
+            min_idle: Some(2),
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The PostgreSQL store.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool<AsyncPgConnection>,
+}
+
+type Conn<'a> = PooledConnection<'a, AsyncPgConnection>;
+
+impl PgStore {
+    /// Builds the pool. Connections are opened lazily, so this succeeds while the
+    /// database is down (health then reports NOT_SERVING until it comes back).
+    pub async fn connect(url: &str, cfg: &PoolConfig) -> anyhow::Result<Self> {
+        let timeout_ms = cfg.statement_timeout.as_millis();
+        let mut manager_cfg = diesel_async::pooled_connection::ManagerConfig::default();
+        manager_cfg.custom_setup = Box::new(move |url| {
+            Box::pin(async move {
+                let mut conn = AsyncPgConnection::establish(url).await?;
+                diesel::sql_query(format!("SET statement_timeout = {timeout_ms}"))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                Ok(conn)
+            })
+        });
+        let manager =
+            AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_cfg);
+        let pool = Pool::builder()
+            .max_size(cfg.max_size)
+            .min_idle(cfg.min_idle)
+            .connection_timeout(cfg.acquire_timeout)
+            .retry_connection(false)
+            .build_unchecked(manager);
+        Ok(Self { pool })
+    }
+
+    /// Checks a connection out of the pool.
+    async fn conn(&self) -> StoreResult<Conn<'_>> {
+        self.pool.get().await.map_err(|e| match e {
+            bb8::RunError::TimedOut => {
+                StoreError::Unavailable("timed out waiting for a database connection".into())
+            }
+            bb8::RunError::User(e) => {
+                StoreError::Unavailable(format!("cannot connect to the database: {e}"))
+            }
+        })
+    }
+
+    /// Runs one store operation: times it and logs a failure once, labelled by `op`.
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let start = Instant::now();
+        let result = fut.await;
+        let duration_ms = start.elapsed().as_secs_f64() * 1e3;
+        match &result {
+            Ok(_) => tracing::trace!(db.operation = op, duration_ms, "store call"),
+            Err(StoreError::Internal(e)) => {
+                tracing::error!(db.operation = op, duration_ms, error = %e, "store call failed")
+            }
+            Err(StoreError::Unavailable(e)) => {
+                tracing::warn!(db.operation = op, duration_ms, error = %e, "store unavailable")
+            }
+            Err(e) => {
+                tracing::debug!(db.operation = op, duration_ms, error = %e, "store call refused")
+            }
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl HealthProbe for PgStore {
+    async fn ping(&self) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+        Ok(())
+    }
+}
+
+impl From<DieselError> for StoreError {
+    /// The one mapping from Diesel errors: constraints by name, connection trouble as
+    /// `Unavailable`, everything else `Internal`.
+    fn from(e: DieselError) -> Self {
+        match e {
+            DieselError::NotFound => StoreError::NotFound { entity: "row" },
+            DieselError::DatabaseError(kind, info) => {
+                let constraint = info.constraint_name().unwrap_or_default().to_owned();
+                match (kind, constraint.as_str()) {
+                    (DatabaseErrorKind::UniqueViolation, c) => {
+                        unique_violation(c).unwrap_or_else(|| {
+                            StoreError::Internal(format!("unique violation on {c}").into())
+                        })
+                    }
+                    (DatabaseErrorKind::ForeignKeyViolation, c) => StoreError::FailedPrecondition {
+                        reason: "CONCURRENT_HIERARCHY_CHANGE",
+                        message: format!("a related entity changed concurrently ({c}); retry"),
+                    },
+                    (DatabaseErrorKind::SerializationFailure, _) => {
+                        StoreError::Unavailable("serialization failure; retry".into())
+                    }
+                    (DatabaseErrorKind::ClosedConnection, _) => {
+                        StoreError::Unavailable("database connection lost".into())
+                    }
+                    (_, _) => StoreError::Internal(info.message().to_owned().into()),
+                }
+            }
+            DieselError::BrokenTransactionManager => {
+                StoreError::Unavailable("database connection lost".into())
+            }
+            other => StoreError::Internal(Box::new(other)),
+        }
+    }
+}
+
+/// Unique constraints that a caller can hit, by name.
+fn unique_violation(constraint: &str) -> Option<StoreError> {
+    let (reason, field) = match constraint {
+        "customers_tenant_code_key" => ("CUSTOMER_CODE_EXISTS", "customer.code"),
+        "customers_pkey" => ("CUSTOMER_EXISTS", "customer.id"),
+        "assets_tenant_customer_code_key" => ("ASSET_CODE_EXISTS", "asset.code"),
+        "assets_pkey" => ("ASSET_EXISTS", "asset.id"),
+        "devices_tenant_serial_key" => ("DEVICE_SERIAL_EXISTS", "device.serial_number"),
+        "devices_pkey" => ("DEVICE_EXISTS", "device.id"),
+        _ => return None,
+    };
+    Some(StoreError::AlreadyExists { reason, field })
+}
+
+/// Maps a JSON (de)serialization failure of stored data: a corrupt row is a bug.
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Internal(Box::new(e))
+}
+
+/// Applies the embedded migrations, creating the database first when it is missing.
+pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
+    create_database_if_missing(url).await?;
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+        type Wrapper =
+            diesel_async::async_connection_wrapper::AsyncConnectionWrapper<AsyncPgConnection>;
+        let mut conn = <Wrapper as diesel::Connection>::establish(&url)?;
+        let applied = conn
+            .run_pending_migrations(MIGRATIONS)
+            .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+        Ok(applied.iter().map(|v| v.to_string()).collect())
+    })
+    .await?
+}
+
+/// Creates the database named in `url` when it does not exist (connecting to the
+/// `postgres` maintenance database of the same server).
+pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
+    if AsyncPgConnection::establish(url).await.is_ok() {
+        return Ok(());
+    }
+    let (admin_url, db) = split_database(url)?;
+    let mut conn = AsyncPgConnection::establish(&admin_url)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to PostgreSQL at {}: {e}",
+                redact(&admin_url)
+            )
+        })?;
+    let quoted = format!("\"{}\"", db.replace('"', "\"\""));
+    match diesel::sql_query(format!("CREATE DATABASE {quoted}"))
+        .execute(&mut conn)
+        .await
+    {
+        Ok(_) => tracing::info!(db.name = %db, "created database"),
+        // Created concurrently by another process: fine.
+        Err(DieselError::DatabaseError(_, info)) if info.message().contains("already exists") => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// Splits `postgres://.../db?params` into the URL of the `postgres` database and `db`.
+fn split_database(url: &str) -> anyhow::Result<(String, String)> {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let slash = base
+        .rfind('/')
+        .filter(|&i| i > base.find("//").map_or(0, |j| j + 1));
+    let Some(slash) = slash else {
+        anyhow::bail!("database URL names no database")
+    };
+    let db = base[slash + 1..].to_owned();
+    anyhow::ensure!(!db.is_empty(), "database URL names no database");
+    let mut admin = format!("{}/postgres", &base[..slash]);
+    if let Some(q) = query {
+        admin.push('?');
+        admin.push_str(q);
+    }
+    Ok((admin, db))
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{redact, split_database};
+
+    #[test]
+    fn the_admin_url_keeps_host_and_parameters() {
+        let (admin, db) = split_database("postgres://u:p@h:5/gcdr?sslmode=require").unwrap();
+        assert_eq!(admin, "postgres://u:p@h:5/postgres?sslmode=require");
+        assert_eq!(db, "gcdr");
+        assert!(split_database("postgres://h:5").is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}
+
+/// A page token whose key does not fit the listing it was presented to.
+fn bad_cursor() -> StoreError {
+    StoreError::InvalidArgument {
+        field: "page_token",
+        message: "does not belong to this listing".into(),
+    }
+}
+
+/// The first of `base`, `base-2`, `base-3`, ... that is not in `taken`.
+fn first_free_code(base: &str, taken: &[String]) -> String {
+    if !taken.iter().any(|t| t == base) {
+        return base.to_owned();
+    }
+    (2..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|c| !taken.contains(c))
+        .expect("an unbounded range always has a free code")
+}
+
+/// `Conflict` when an expected version was given and differs from the stored one.
+fn check_version(expected: Option<i64>, actual: i64) -> StoreResult<()> {
+    match expected {
+        Some(expected) if expected != actual => Err(StoreError::Conflict { expected, actual }),
+        _ => Ok(()),
+    }
+}
+
+/// The JSON object stored in a jsonb column that must hold one.
+fn json_object(
+    table: &str,
+    column: &str,
+    v: serde_json::Value,
+) -> StoreResult<crate::domain::JsonObject> {
+    match v {
+        serde_json::Value::Object(m) => Ok(m),
+        other => Err(StoreError::Internal(
+            format!("{table}.{column} is not an object: {other}").into(),
+        )),
+    }
+}
