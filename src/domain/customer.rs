@@ -30,9 +30,10 @@ pub struct Address {
     pub coordinates: Option<Coordinates>,
 }
 
-/// Regional settings, stored as the legacy `settings` map with all four keys.
+/// Regional settings, stored as the legacy `settings` map with all four keys. Missing
+/// keys read as their defaults (legacy updates replaced the map with a subset).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct Settings {
     pub timezone: String,
     pub locale: String,

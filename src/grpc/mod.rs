@@ -70,6 +70,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    // NOT_SERVING until the first probe of the store succeeds.
+    set_all(&reporter, ServingStatus::NotServing).await;
     let monitor = tokio::spawn(watch_health(
         reporter.clone(),
         store.clone(),

@@ -606,11 +606,10 @@ impl AssetStore for PgStore {
                 hierarchy::rewrite_descendants(
                     conn,
                     Tree::Assets,
-                    &ctx.tenant,
+                    ctx,
                     &node.path,
                     &new_path,
                     new_depth - node.depth,
-                    actor,
                     now,
                 )
                 .await?;

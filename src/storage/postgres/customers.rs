@@ -513,11 +513,10 @@ impl CustomerStore for PgStore {
                 hierarchy::rewrite_descendants(
                     conn,
                     Tree::Customers,
-                    &ctx.tenant,
+                    ctx,
                     &node.path,
                     &new_path,
                     new_depth - node.depth,
-                    actor,
                     now,
                 )
                 .await?;

@@ -10,7 +10,7 @@
 use diesel::sql_types::{BigInt, Integer, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use crate::domain::TenantId;
+use crate::domain::{Ctx, TenantId};
 use crate::storage::StoreResult;
 
 /// Which hierarchy a lock or query is about.
@@ -54,12 +54,13 @@ pub(super) fn descendant_bounds(path: &str) -> (String, String) {
     (format!("{path}/"), format!("{path}0"))
 }
 
-/// The descendants query, shared by the stores and the EXPLAIN test: tenant, lower
+/// The descendants query, shared by the stores and the EXPLAIN test (`type_` is the
+/// name the row types read the `type` column by): tenant, lower
 /// bound (exclusive; the last path of the previous page when paging), upper bound,
 /// maximum absolute depth, limit.
 pub(super) fn descendants_sql(tree: Tree) -> String {
     format!(
-        "SELECT * FROM {} WHERE tenant_id = $1 AND path > $2 AND path < $3 AND depth <= $4 \
+        "SELECT *, type AS type_ FROM {} WHERE tenant_id = $1 AND path > $2 AND path < $3 AND depth <= $4 \
          ORDER BY path LIMIT $5",
         tree.table()
     )
@@ -99,11 +100,10 @@ where
 pub(super) async fn rewrite_descendants(
     conn: &mut AsyncPgConnection,
     tree: Tree,
-    tenant: &TenantId,
+    ctx: &Ctx,
     old_path: &str,
     new_path: &str,
     depth_delta: i32,
-    actor: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> StoreResult<usize> {
     let (lower, upper) = descendant_bounds(old_path);
@@ -118,8 +118,8 @@ pub(super) async fn rewrite_descendants(
         .bind::<Integer, _>(old_len + 1)
         .bind::<Integer, _>(depth_delta)
         .bind::<diesel::sql_types::Timestamptz, _>(now)
-        .bind::<Text, _>(actor)
-        .bind::<Text, _>(tenant.as_str())
+        .bind::<Text, _>(ctx.actor.as_str())
+        .bind::<Text, _>(ctx.tenant.as_str())
         .bind::<Text, _>(&lower)
         .bind::<Text, _>(&upper)
         .execute(conn)

@@ -263,25 +263,6 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{redact, split_database};
-
-    #[test]
-    fn the_admin_url_keeps_host_and_parameters() {
-        let (admin, db) = split_database("postgres://u:p@h:5/gcdr?sslmode=require").unwrap();
-        assert_eq!(admin, "postgres://u:p@h:5/postgres?sslmode=require");
-        assert_eq!(db, "gcdr");
-        assert!(split_database("postgres://h:5").is_err());
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-    }
-}
-
 /// A page token whose key does not fit the listing it was presented to.
 fn bad_cursor() -> StoreError {
     StoreError::InvalidArgument {
@@ -320,5 +301,24 @@ fn json_object(
         other => Err(StoreError::Internal(
             format!("{table}.{column} is not an object: {other}").into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{redact, split_database};
+
+    #[test]
+    fn the_admin_url_keeps_host_and_parameters() {
+        let (admin, db) = split_database("postgres://u:p@h:5/gcdr?sslmode=require").unwrap();
+        assert_eq!(admin, "postgres://u:p@h:5/postgres?sslmode=require");
+        assert_eq!(db, "gcdr");
+        assert!(split_database("postgres://h:5").is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

@@ -1,0 +1,10 @@
+//! Integration tests: the real gRPC server over loopback against real PostgreSQL.
+
+mod assets;
+mod customers;
+mod devices;
+mod harness;
+mod hierarchy;
+mod isolation;
+mod server;
+mod validation;
