@@ -7,7 +7,7 @@
 //! | `PGHOST` | `127.0.0.1` | PostgreSQL host (RFC-0004) |
 //! | `PGPORT` | `5432` | PostgreSQL port |
 //! | `PGDATABASE` | `gcdr` | database (created at start-up when missing) |
-//! | `PGUSER` | `$USER`, else `postgres` | user |
+//! | `PGUSER` | `postgres` | user |
 //! | `PGPASSWORD` | — | password |
 //! | `PGSSL` | `false` | `true` requires TLS; not supported yet (start-up fails clearly) |
 //! | `GCDR_DB_POOL_SIZE` | `16` | most pooled connections |
@@ -84,9 +84,7 @@ impl Config {
                 let host = get("PGHOST").unwrap_or_else(|| "127.0.0.1".into());
                 let port = num("PGPORT", 5432)?;
                 let db = get("PGDATABASE").unwrap_or_else(|| "gcdr".into());
-                let user = get("PGUSER")
-                    .or_else(|| get("USER"))
-                    .unwrap_or_else(|| "postgres".into());
+                let user = get("PGUSER").unwrap_or_else(|| "postgres".into());
                 let auth = match get("PGPASSWORD") {
                     Some(p) => format!("{}:{}", encode(&user), encode(&p)),
                     None => encode(&user),

@@ -1,1 +1,381 @@
-fn main() {}
+//! `gcdr-load`: a load generator for gcdr-data.
+//!
+//! `gcdr-load seed` writes a benchmark tenant straight into PostgreSQL (a 1,000-node
+//! and a 10,000-node subtree plus flat roots up to `--customers`); `gcdr-load run`
+//! drives one RPC at a fixed concurrency over gRPC and prints throughput and latency
+//! percentiles. `scripts/bench.sh` runs the whole comparison against pgbench.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use gcdr_data::pb;
+use gcdr_data::pb::customer_service_client::CustomerServiceClient;
+use hdrhistogram::Histogram;
+use rand::Rng;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(about = "Load generator for gcdr-data")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the benchmark tenant directly in PostgreSQL (replacing it if present).
+    Seed {
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/gcdr"
+        )]
+        database_url: String,
+        #[arg(long, default_value = "bench")]
+        tenant: String,
+        /// Total customers in the tenant (at least 11,002).
+        #[arg(long, default_value_t = 100_000)]
+        customers: u32,
+    },
+    /// Drive one RPC and report throughput and latency.
+    Run {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        #[arg(long, default_value = "bench")]
+        tenant: String,
+        #[arg(long, value_enum)]
+        op: Op,
+        /// Calls in flight.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// HTTP/2 connections the calls are spread over.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 2.0)]
+        warmup_seconds: f64,
+        /// For `descendants` and `move`: the subtree root (see `seed` output).
+        #[arg(long)]
+        root: Option<String>,
+        /// For `move`: the two parents the subtree alternates between.
+        #[arg(long, num_args = 2)]
+        parents: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Op {
+    /// GetCustomer of a random customer of the tenant.
+    Get,
+    /// ListCustomers, first page of 50.
+    List,
+    /// ListCustomerDescendants of `--root`, every page of 1,000 (one op = whole subtree).
+    Descendants,
+    /// MoveCustomer of `--root`, alternating between the two `--parents`.
+    Move,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Seed {
+            database_url,
+            tenant,
+            customers,
+        } => seed(&database_url, &tenant, customers).await,
+        Command::Run {
+            addr,
+            tenant,
+            op,
+            concurrency,
+            connections,
+            seconds,
+            warmup_seconds,
+            root,
+            parents,
+        } => {
+            let cfg = RunConfig {
+                tenant,
+                op,
+                concurrency,
+                seconds,
+                warmup_seconds,
+                root,
+                parents,
+            };
+            run(&addr, connections, cfg).await
+        }
+    }
+}
+
+fn req<T>(tenant: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("x-tenant-id", tenant.parse().expect("tenant is ASCII"));
+    r
+}
+
+/// Seeds the tenant: root `r1k` with 10 x 99 grandchildren (1,000 descendants), root
+/// `r10k` with 100 x 99 (10,000 descendants), and flat roots for the rest, whose ids
+/// are `md5('<tenant>-flat-<n>')::uuid` so that pgbench can address them.
+async fn seed(url: &str, tenant: &str, customers: u32) -> anyhow::Result<()> {
+    anyhow::ensure!(customers >= 11_002, "--customers must be at least 11002");
+    gcdr_data::storage::postgres::migrate(url).await?;
+    let mut conn = AsyncPgConnection::establish(url).await.context("connect")?;
+    let t = tenant.replace('\'', "''");
+    let sql = format!(
+        "BEGIN;
+         DELETE FROM devices WHERE tenant_id = '{t}';
+         DELETE FROM assets WHERE tenant_id = '{t}';
+         DELETE FROM customers WHERE tenant_id = '{t}';
+         SET CONSTRAINTS ALL DEFERRED;
+         CREATE TEMP TABLE seed_roots (name text, id uuid, fanout int, per int) ON COMMIT DROP;
+         INSERT INTO seed_roots VALUES ('r1k', gen_random_uuid(), 10, 99), ('r10k', gen_random_uuid(), 100, 99),
+                                       ('spare', gen_random_uuid(), 0, 0);
+         INSERT INTO customers (tenant_id, id, path, depth, name, display_name, code, type, created_at, updated_at, created_by)
+           SELECT '{t}', id, '/{t}/' || id, 0, name, name, upper(name), 'HOLDING', now(), now(), 'seed' FROM seed_roots;
+         CREATE TEMP TABLE seed_mid ON COMMIT DROP AS
+           SELECT r.name || '-' || g AS name, gen_random_uuid() AS id, r.id AS parent, r.per
+           FROM seed_roots r, generate_series(1, r.fanout) g;
+         INSERT INTO customers (tenant_id, id, parent_customer_id, path, depth, name, display_name, code, type, created_at, updated_at, created_by)
+           SELECT '{t}', m.id, m.parent, '/{t}/' || m.parent || '/' || m.id, 1, m.name, m.name, upper(m.name), 'COMPANY', now(), now(), 'seed'
+           FROM seed_mid m;
+         INSERT INTO customers (tenant_id, id, parent_customer_id, path, depth, name, display_name, code, type, created_at, updated_at, created_by)
+           SELECT '{t}', x.id, m.id, '/{t}/' || m.parent || '/' || m.id || '/' || x.id, 2, m.name || '-' || g, m.name || '-' || g,
+                  upper(m.name || '-' || g), 'BRANCH', now(), now(), 'seed'
+           FROM seed_mid m, generate_series(1, m.per) g, LATERAL (SELECT gen_random_uuid() AS id, g AS gg) x;
+         INSERT INTO customers (tenant_id, id, path, depth, name, display_name, code, type, created_at, updated_at, created_by)
+           SELECT '{t}', x.id, '/{t}/' || x.id, 0, 'flat-' || g, 'flat-' || g, 'FLAT-' || g, 'COMPANY', now(), now(), 'seed'
+           FROM generate_series(1, {customers} - (SELECT count(*) FROM customers WHERE tenant_id = '{t}')) g,
+                LATERAL (SELECT md5('{t}-flat-' || g)::uuid AS id) x;
+         COMMIT;
+         ANALYZE customers;"
+    );
+    conn.batch_execute(&sql).await.context("seed")?;
+    #[derive(diesel::QueryableByName)]
+    struct Root {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        id: String,
+    }
+    let roots: Vec<Root> = diesel::sql_query(
+        "SELECT name::text, id::text AS id FROM customers \
+         WHERE tenant_id = $1 AND name IN ('r1k', 'r10k', 'spare') AND depth = 0 ORDER BY name",
+    )
+    .bind::<diesel::sql_types::Text, _>(tenant)
+    .load(&mut conn)
+    .await?;
+    for r in roots {
+        println!("{}={}", r.name, r.id);
+    }
+    Ok(())
+}
+
+struct RunConfig {
+    tenant: String,
+    op: Op,
+    concurrency: usize,
+    seconds: f64,
+    warmup_seconds: f64,
+    root: Option<String>,
+    parents: Vec<String>,
+}
+
+async fn run(addr: &str, connections: usize, cfg: RunConfig) -> anyhow::Result<()> {
+    let mut channels = Vec::new();
+    for _ in 0..connections.max(1) {
+        channels.push(
+            Channel::from_shared(addr.to_owned())?
+                .connect()
+                .await
+                .with_context(|| format!("connect {addr}"))?,
+        );
+    }
+    let ids = match cfg.op {
+        Op::Get => all_ids(CustomerServiceClient::new(channels[0].clone()), &cfg.tenant).await?,
+        _ => Vec::new(),
+    };
+    anyhow::ensure!(
+        !matches!(cfg.op, Op::Get) || !ids.is_empty(),
+        "tenant {} has no customers; seed it",
+        cfg.tenant
+    );
+    let root = cfg.root.clone();
+    anyhow::ensure!(
+        !matches!(cfg.op, Op::Descendants | Op::Move) || root.is_some(),
+        "--root is required for {:?}",
+        cfg.op
+    );
+    anyhow::ensure!(
+        !matches!(cfg.op, Op::Move) || cfg.parents.len() == 2,
+        "--parents A B is required for move"
+    );
+    // Moves of one subtree serialize anyway (one tenant lock); run them one at a time.
+    let concurrency = if matches!(cfg.op, Op::Move) {
+        1
+    } else {
+        cfg.concurrency.max(1)
+    };
+
+    let start = Instant::now();
+    let warmup_end = start + Duration::from_secs_f64(cfg.warmup_seconds);
+    let end = warmup_end + Duration::from_secs_f64(cfg.seconds);
+    let ids = std::sync::Arc::new(ids);
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let mut client = CustomerServiceClient::new(channels[worker % channels.len()].clone());
+        let (ids, tenant, root, parents, op) = (
+            ids.clone(),
+            cfg.tenant.clone(),
+            root.clone(),
+            cfg.parents.clone(),
+            cfg.op,
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+            let (mut errors, mut rows, mut flip) = (0u64, 0u64, 0usize);
+            while Instant::now() < end {
+                let t0 = Instant::now();
+                let result: Result<u64, tonic::Status> = match op {
+                    Op::Get => {
+                        let id = ids[rand::rng().random_range(0..ids.len())].clone();
+                        client
+                            .get_customer(req(&tenant, pb::GetCustomerRequest { id }))
+                            .await
+                            .map(|_| 1)
+                    }
+                    Op::List => client
+                        .list_customers(req(
+                            &tenant,
+                            pb::ListCustomersRequest {
+                                page_size: 50,
+                                ..Default::default()
+                            },
+                        ))
+                        .await
+                        .map(|r| r.into_inner().customers.len() as u64),
+                    Op::Descendants => {
+                        descendants(&mut client, &tenant, root.as_deref().unwrap_or_default()).await
+                    }
+                    Op::Move => {
+                        flip += 1;
+                        let parent = parents[flip % 2].clone();
+                        let destination = Some(
+                            pb::move_customer_request::Destination::NewParentCustomerId(parent),
+                        );
+                        let id = root.clone().unwrap_or_default();
+                        client
+                            .move_customer(req(
+                                &tenant,
+                                pb::MoveCustomerRequest {
+                                    id,
+                                    destination,
+                                    expected_version: None,
+                                },
+                            ))
+                            .await
+                            .map(|_| 1)
+                    }
+                };
+                let micros = t0.elapsed().as_micros() as u64;
+                if t0 >= warmup_end {
+                    match result {
+                        Ok(n) => {
+                            hist.saturating_record(micros.max(1));
+                            rows += n;
+                        }
+                        Err(e) => {
+                            errors += 1;
+                            if errors <= 3 {
+                                eprintln!("call failed: {} {}", e.code(), e.message());
+                            }
+                        }
+                    }
+                }
+            }
+            (hist, errors, rows)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let (mut errors, mut rows) = (0, 0);
+    for t in tasks {
+        let (h, e, r) = t.await?;
+        hist.add(&h)?;
+        errors += e;
+        rows += r;
+    }
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "op={:?} concurrency={concurrency} seconds={:.1} ok={} errors={errors} rate={:.1}/s rows_per_op={:.0} \
+         p50={:.3}ms p99={:.3}ms max={:.3}ms",
+        cfg.op,
+        cfg.seconds,
+        hist.len(),
+        hist.len() as f64 / cfg.seconds,
+        rows as f64 / hist.len().max(1) as f64,
+        ms(0.5),
+        ms(0.99),
+        hist.max() as f64 / 1000.0
+    );
+    anyhow::ensure!(errors == 0, "{errors} calls failed");
+    Ok(())
+}
+
+/// Pages through the whole subtree with pages of 1,000; returns the rows read.
+async fn descendants(
+    client: &mut CustomerServiceClient<Channel>,
+    tenant: &str,
+    root: &str,
+) -> Result<u64, tonic::Status> {
+    let (mut rows, mut token) = (0, String::new());
+    loop {
+        let page = client
+            .list_customer_descendants(req(
+                tenant,
+                pb::ListCustomerDescendantsRequest {
+                    id: root.into(),
+                    max_depth: None,
+                    page_size: 1000,
+                    page_token: token,
+                },
+            ))
+            .await?
+            .into_inner();
+        rows += page.customers.len() as u64;
+        if page.next_page_token.is_empty() {
+            return Ok(rows);
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// Every customer id of the tenant, for random gets.
+async fn all_ids(
+    mut client: CustomerServiceClient<Channel>,
+    tenant: &str,
+) -> anyhow::Result<Vec<String>> {
+    let (mut ids, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = client
+            .list_customers(req(
+                tenant,
+                pb::ListCustomersRequest {
+                    page_size: 1000,
+                    page_token: token,
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        ids.extend(page.customers.into_iter().map(|c| c.id));
+        if page.next_page_token.is_empty() {
+            return Ok(ids);
+        }
+        token = page.next_page_token;
+    }
+}

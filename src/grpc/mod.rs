@@ -108,7 +108,8 @@ pub async fn serve(
         .add_service(pb::device_service_server::DeviceServiceServer::new(
             device::DeviceServiceHandler::new(store),
         ))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
+        // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms tails).
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal)
         .await;
     monitor.abort();
     Ok(result?)

@@ -21,7 +21,7 @@ use crate::domain::{
 use crate::storage::{AssetStore, StoreError, StoreResult, Subtree};
 
 /// One row of `assets`.
-#[derive(Clone, Debug, Queryable, QueryableByName, Selectable, Insertable, AsChangeset)]
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = assets, primary_key(tenant_id, id), treat_none_as_null = true)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub(super) struct AssetRow {
@@ -424,15 +424,16 @@ impl AssetStore for PgStore {
                 None => lower,
             };
             let max_abs = max_depth.map_or(i32::MAX, |m| top.depth.saturating_add(m));
-            let rows: Vec<AssetRow> = hierarchy::load_descendants(
-                &mut conn,
-                Tree::Assets,
-                tenant,
+            let rows: Vec<AssetRow> = hierarchy::descendants_query!(
+                assets,
+                AssetRow,
+                tenant.as_str(),
                 &lower,
                 &upper,
                 max_abs,
-                page.size as i64 + 1,
+                page.size as i64 + 1
             )
+            .load(&mut conn)
             .await?;
             Ok(Page::from_overfetch(rows_into(rows)?, page.size, |a| {
                 a.path.clone()
@@ -469,15 +470,16 @@ impl AssetStore for PgStore {
             let top = find(&mut conn, tenant, id, false).await?;
             let (lower, upper) = hierarchy::descendant_bounds(&top.path);
             let max_abs = top.depth.saturating_add(max_depth);
-            let rows: Vec<AssetRow> = hierarchy::load_descendants(
-                &mut conn,
-                Tree::Assets,
-                tenant,
+            let rows: Vec<AssetRow> = hierarchy::descendants_query!(
+                assets,
+                AssetRow,
+                tenant.as_str(),
                 &lower,
                 &upper,
                 max_abs,
-                limit as i64,
+                limit as i64
             )
+            .load(&mut conn)
             .await?;
             let truncated = rows.len() >= limit;
             let mut nodes = vec![top.into_domain()?];
@@ -501,15 +503,16 @@ impl AssetStore for PgStore {
             }
             // Every asset path of the customer starts with /<tenant>/<customer>/.
             let (lower, upper) = hierarchy::descendant_bounds(&format!("/{tenant}/{customer}"));
-            let rows: Vec<AssetRow> = hierarchy::load_descendants(
-                &mut conn,
-                Tree::Assets,
-                tenant,
+            let rows: Vec<AssetRow> = hierarchy::descendants_query!(
+                assets,
+                AssetRow,
+                tenant.as_str(),
                 &lower,
                 &upper,
                 max_depth,
-                limit as i64 + 1,
+                limit as i64 + 1
             )
+            .load(&mut conn)
             .await?;
             let truncated = rows.len() > limit;
             let mut nodes = rows_into(rows)?;

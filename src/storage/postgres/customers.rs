@@ -17,7 +17,7 @@ use crate::domain::{Ctx, CustomerId, EntityStatus, Page, PageRequest, TenantId, 
 use crate::storage::{CustomerStore, StoreError, StoreResult, Subtree};
 
 /// One row of `customers`.
-#[derive(Clone, Debug, Queryable, QueryableByName, Selectable, Insertable, AsChangeset)]
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = customers, primary_key(tenant_id, id), treat_none_as_null = true)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub(super) struct CustomerRow {
@@ -401,15 +401,16 @@ impl CustomerStore for PgStore {
                 None => lower,
             };
             let max_abs = max_depth.map_or(i32::MAX, |m| depth.saturating_add(m));
-            let rows: Vec<CustomerRow> = hierarchy::load_descendants(
-                &mut conn,
-                Tree::Customers,
-                tenant,
+            let rows: Vec<CustomerRow> = hierarchy::descendants_query!(
+                customers,
+                CustomerRow,
+                tenant.as_str(),
                 &lower,
                 &upper,
                 max_abs,
-                page.size as i64 + 1,
+                page.size as i64 + 1
             )
+            .load(&mut conn)
             .await?;
             Ok(Page::from_overfetch(rows_into(rows)?, page.size, |c| {
                 c.path.clone()
@@ -453,15 +454,16 @@ impl CustomerStore for PgStore {
             let top = find(&mut conn, tenant, id, false).await?;
             let (lower, upper) = hierarchy::descendant_bounds(&top.path);
             let max_abs = top.depth.saturating_add(max_depth);
-            let rows: Vec<CustomerRow> = hierarchy::load_descendants(
-                &mut conn,
-                Tree::Customers,
-                tenant,
+            let rows: Vec<CustomerRow> = hierarchy::descendants_query!(
+                customers,
+                CustomerRow,
+                tenant.as_str(),
                 &lower,
                 &upper,
                 max_abs,
-                limit as i64,
+                limit as i64
             )
+            .load(&mut conn)
             .await?;
             let truncated = rows.len() >= limit;
             let mut nodes = vec![top.into_domain()?];

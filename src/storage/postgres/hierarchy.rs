@@ -7,7 +7,7 @@
 //! path it rewrites, and two moves in one tenant never interleave (no cycles, no
 //! stale paths), while creates do not block each other.
 
-use diesel::sql_types::{BigInt, Integer, Text};
+use diesel::sql_types::{Integer, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::domain::{Ctx, TenantId};
@@ -54,45 +54,35 @@ pub(super) fn descendant_bounds(path: &str) -> (String, String) {
     (format!("{path}/"), format!("{path}0"))
 }
 
-/// The descendants query, shared by the stores and the EXPLAIN test (`type_` is the
-/// name the row types read the `type` column by): tenant, lower
-/// bound (exclusive; the last path of the previous page when paging), upper bound,
-/// maximum absolute depth, limit.
-pub(super) fn descendants_sql(tree: Tree) -> String {
-    format!(
-        "SELECT *, type AS type_ FROM {} WHERE tenant_id = $1 AND path > $2 AND path < $3 AND depth <= $4 \
-         ORDER BY path LIMIT $5",
-        tree.table()
-    )
+/// The descendants query on a hierarchy table, as a Diesel query (decoded by column
+/// position): tenant, exclusive lower and upper path bounds, maximum absolute depth,
+/// limit. In path order, which is depth-first pre-order.
+macro_rules! descendants_query {
+    ($table:ident, $row:ty, $tenant:expr, $lower:expr, $upper:expr, $max_depth:expr, $limit:expr) => {
+        $table::table
+            .filter($table::tenant_id.eq($tenant))
+            .filter($table::path.gt($lower))
+            .filter($table::path.lt($upper))
+            .filter($table::depth.le($max_depth))
+            .order($table::path)
+            .limit($limit)
+            .select(<$row>::as_select())
+    };
 }
+pub(super) use descendants_query;
 
-/// The customers descendants query exactly as the store runs it, for tests that
-/// EXPLAIN it.
+/// The customers descendants query exactly as the store builds it (placeholders `$1`
+/// tenant, `$2` lower, `$3` upper, `$4` max depth, `$5` limit), for tests that EXPLAIN it.
 pub fn customer_descendants_sql() -> String {
-    descendants_sql(Tree::Customers)
-}
-
-/// Loads one page of descendants as rows of type `R`.
-pub(super) async fn load_descendants<R>(
-    conn: &mut AsyncPgConnection,
-    tree: Tree,
-    tenant: &TenantId,
-    lower: &str,
-    upper: &str,
-    max_abs_depth: i32,
-    limit: i64,
-) -> StoreResult<Vec<R>>
-where
-    R: diesel::QueryableByName<diesel::pg::Pg> + Send + 'static,
-{
-    Ok(diesel::sql_query(descendants_sql(tree))
-        .bind::<Text, _>(tenant.as_str())
-        .bind::<Text, _>(lower)
-        .bind::<Text, _>(upper)
-        .bind::<Integer, _>(max_abs_depth)
-        .bind::<BigInt, _>(limit)
-        .load(conn)
-        .await?)
+    use super::customers::CustomerRow;
+    use super::schema::customers;
+    use diesel::prelude::*;
+    let q = descendants_query!(customers, CustomerRow, "", "", "", 0, 0);
+    let sql = diesel::debug_query::<diesel::pg::Pg, _>(&q).to_string();
+    sql.split(" -- binds:")
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Rewrites path and depth of every strict descendant of `old_path` to hang under

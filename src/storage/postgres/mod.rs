@@ -80,6 +80,9 @@ impl PgStore {
             .min_idle(cfg.min_idle)
             .connection_timeout(cfg.acquire_timeout)
             .retry_connection(false)
+            // A broken connection surfaces as an error on use (mapped to UNAVAILABLE);
+            // a ping before every checkout would double the round trips.
+            .test_on_check_out(false)
             .build_unchecked(manager);
         Ok(Self { pool })
     }
@@ -151,9 +154,15 @@ impl From<DieselError> for StoreError {
                     (DatabaseErrorKind::SerializationFailure, _) => {
                         StoreError::Unavailable("serialization failure; retry".into())
                     }
-                    (DatabaseErrorKind::ClosedConnection, _) => {
-                        StoreError::Unavailable("database connection lost".into())
-                    }
+                    // No SQLSTATE: the connection itself failed (closed, reset).
+                    (
+                        DatabaseErrorKind::ClosedConnection
+                        | DatabaseErrorKind::UnableToSendCommand,
+                        _,
+                    ) => StoreError::Unavailable(format!(
+                        "database connection lost: {}",
+                        info.message()
+                    )),
                     (_, _) => StoreError::Internal(info.message().to_owned().into()),
                 }
             }
