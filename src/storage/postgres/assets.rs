@@ -7,10 +7,11 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::hierarchy::{self, Tree};
+use super::json::{JsonText, from_json, to_json};
 use super::schema::assets::{self, dsl};
 use super::schema::customers::dsl as c;
 use super::schema::devices::dsl as d;
-use super::{PgStore, bad_cursor, check_version, json_err, json_object};
+use super::{PgStore, bad_cursor, check_version};
 use crate::domain::asset::{
     Asset, AssetDestination, AssetFilter, AssetPatch, AssetType, NewAsset, asset_path,
 };
@@ -36,10 +37,10 @@ pub(super) struct AssetRow {
     pub code: String,
     pub type_: String,
     pub description: Option<String>,
-    pub location: serde_json::Value,
-    pub specs: serde_json::Value,
-    pub tags: serde_json::Value,
-    pub metadata: serde_json::Value,
+    pub location: JsonText,
+    pub specs: JsonText,
+    pub tags: JsonText,
+    pub metadata: JsonText,
     pub status: String,
     pub version: i64,
     pub created_at: DateTime<Utc>,
@@ -62,10 +63,10 @@ impl AssetRow {
             code: a.code.clone(),
             type_: a.kind.as_str().to_owned(),
             description: a.description.clone(),
-            location: serde_json::to_value(&a.location).map_err(json_err)?,
-            specs: serde_json::to_value(&a.specs).map_err(json_err)?,
-            tags: serde_json::to_value(&a.tags).map_err(json_err)?,
-            metadata: serde_json::Value::Object(a.metadata.clone()),
+            location: to_json(&a.location)?,
+            specs: to_json(&a.specs)?,
+            tags: to_json(&a.tags)?,
+            metadata: to_json(&a.metadata)?,
             status: a.status.as_str().to_owned(),
             version: a.version,
             created_at: a.created_at,
@@ -92,10 +93,10 @@ impl AssetRow {
             code: self.code,
             kind: AssetType::parse(&self.type_).ok_or_else(|| bad("type", &self.type_))?,
             description: self.description,
-            location: serde_json::from_value(self.location).map_err(json_err)?,
-            specs: serde_json::from_value(self.specs).map_err(json_err)?,
-            tags: serde_json::from_value(self.tags).map_err(json_err)?,
-            metadata: json_object("assets", "metadata", self.metadata)?,
+            location: from_json("assets", "location", &self.location)?,
+            specs: from_json("assets", "specs", &self.specs)?,
+            tags: from_json("assets", "tags", &self.tags)?,
+            metadata: from_json("assets", "metadata", &self.metadata)?,
             status: EntityStatus::parse(&self.status).ok_or_else(|| bad("status", &self.status))?,
             version: self.version,
             created_at: self.created_at,

@@ -7,8 +7,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::hierarchy::{self, Tree};
+use super::json::{JsonText, from_json, to_json};
 use super::schema::customers::{self, dsl};
-use super::{PgStore, check_version, json_err, json_object};
+use super::{PgStore, check_version};
 use crate::domain::customer::customer_path;
 use crate::domain::customer::{
     Customer, CustomerFilter, CustomerPatch, CustomerType, NewCustomer, ParentFilter,
@@ -32,10 +33,10 @@ pub(super) struct CustomerRow {
     pub type_: String,
     pub email: Option<String>,
     pub phone: Option<String>,
-    pub address: Option<serde_json::Value>,
-    pub settings: serde_json::Value,
-    pub theme: Option<serde_json::Value>,
-    pub metadata: serde_json::Value,
+    pub address: Option<JsonText>,
+    pub settings: JsonText,
+    pub theme: Option<JsonText>,
+    pub metadata: JsonText,
     pub status: String,
     pub version: i64,
     pub created_at: DateTime<Utc>,
@@ -58,20 +59,10 @@ impl CustomerRow {
             type_: c.kind.as_str().to_owned(),
             email: c.email.clone(),
             phone: c.phone.clone(),
-            address: c
-                .address
-                .as_ref()
-                .map(serde_json::to_value)
-                .transpose()
-                .map_err(json_err)?,
-            settings: serde_json::to_value(&c.settings).map_err(json_err)?,
-            theme: c
-                .theme
-                .as_ref()
-                .map(serde_json::to_value)
-                .transpose()
-                .map_err(json_err)?,
-            metadata: serde_json::Value::Object(c.metadata.clone()),
+            address: c.address.as_ref().map(to_json).transpose()?,
+            settings: to_json(&c.settings)?,
+            theme: c.theme.as_ref().map(to_json).transpose()?,
+            metadata: to_json(&c.metadata)?,
             status: c.status.as_str().to_owned(),
             version: c.version,
             created_at: c.created_at,
@@ -100,16 +91,16 @@ impl CustomerRow {
             phone: self.phone,
             address: self
                 .address
-                .map(serde_json::from_value)
-                .transpose()
-                .map_err(json_err)?,
-            settings: serde_json::from_value(self.settings).map_err(json_err)?,
+                .as_ref()
+                .map(|j| from_json("customers", "address", j))
+                .transpose()?,
+            settings: from_json("customers", "settings", &self.settings)?,
             theme: self
                 .theme
-                .map(serde_json::from_value)
-                .transpose()
-                .map_err(json_err)?,
-            metadata: json_object("customers", "metadata", self.metadata)?,
+                .as_ref()
+                .map(|j| from_json("customers", "theme", j))
+                .transpose()?,
+            metadata: from_json("customers", "metadata", &self.metadata)?,
             status: EntityStatus::parse(&self.status).ok_or_else(|| bad("status", &self.status))?,
             version: self.version,
             created_at: self.created_at,

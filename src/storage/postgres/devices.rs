@@ -7,9 +7,10 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::hierarchy::{self, Tree};
+use super::json::{JsonText, from_json, to_json};
 use super::schema::assets::dsl as a;
 use super::schema::devices::{self, dsl};
-use super::{PgStore, bad_cursor, check_version, json_err, json_object};
+use super::{PgStore, bad_cursor, check_version};
 use crate::domain::device::{
     ConnectivityStatus, Device, DeviceFilter, DevicePatch, DeviceType, NewDevice,
 };
@@ -34,12 +35,12 @@ pub(super) struct DeviceRow {
     pub description: Option<String>,
     pub serial_number: String,
     pub external_id: Option<String>,
-    pub specs: serde_json::Value,
-    pub credentials: Option<serde_json::Value>,
-    pub telemetry_config: serde_json::Value,
-    pub tags: serde_json::Value,
-    pub metadata: serde_json::Value,
-    pub attributes: serde_json::Value,
+    pub specs: JsonText,
+    pub credentials: Option<JsonText>,
+    pub telemetry_config: JsonText,
+    pub tags: JsonText,
+    pub metadata: JsonText,
+    pub attributes: JsonText,
     pub connectivity_status: String,
     pub last_connected_at: Option<DateTime<Utc>>,
     pub last_disconnected_at: Option<DateTime<Utc>>,
@@ -65,17 +66,12 @@ impl DeviceRow {
             description: d.description.clone(),
             serial_number: d.serial_number.clone(),
             external_id: d.external_id.clone(),
-            specs: serde_json::to_value(&d.specs).map_err(json_err)?,
-            credentials: d
-                .credentials
-                .as_ref()
-                .map(serde_json::to_value)
-                .transpose()
-                .map_err(json_err)?,
-            telemetry_config: serde_json::to_value(&d.telemetry_config).map_err(json_err)?,
-            tags: serde_json::to_value(&d.tags).map_err(json_err)?,
-            metadata: serde_json::Value::Object(d.metadata.clone()),
-            attributes: serde_json::Value::Object(d.attributes.clone()),
+            specs: to_json(&d.specs)?,
+            credentials: d.credentials.as_ref().map(to_json).transpose()?,
+            telemetry_config: to_json(&d.telemetry_config)?,
+            tags: to_json(&d.tags)?,
+            metadata: to_json(&d.metadata)?,
+            attributes: to_json(&d.attributes)?,
             connectivity_status: d.connectivity.as_str().to_owned(),
             last_connected_at: d.last_connected_at,
             last_disconnected_at: d.last_disconnected_at,
@@ -105,16 +101,16 @@ impl DeviceRow {
             description: self.description,
             serial_number: self.serial_number,
             external_id: self.external_id,
-            specs: serde_json::from_value(self.specs).map_err(json_err)?,
+            specs: from_json("devices", "specs", &self.specs)?,
             credentials: self
                 .credentials
-                .map(serde_json::from_value)
-                .transpose()
-                .map_err(json_err)?,
-            telemetry_config: serde_json::from_value(self.telemetry_config).map_err(json_err)?,
-            tags: serde_json::from_value(self.tags).map_err(json_err)?,
-            metadata: json_object("devices", "metadata", self.metadata)?,
-            attributes: json_object("devices", "attributes", self.attributes)?,
+                .as_ref()
+                .map(|j| from_json("devices", "credentials", j))
+                .transpose()?,
+            telemetry_config: from_json("devices", "telemetry_config", &self.telemetry_config)?,
+            tags: from_json("devices", "tags", &self.tags)?,
+            metadata: from_json("devices", "metadata", &self.metadata)?,
+            attributes: from_json("devices", "attributes", &self.attributes)?,
             connectivity: ConnectivityStatus::parse(&self.connectivity_status)
                 .ok_or_else(|| bad("connectivity_status", &self.connectivity_status))?,
             last_connected_at: self.last_connected_at,

@@ -8,6 +8,7 @@ mod assets;
 mod customers;
 mod devices;
 mod hierarchy;
+mod json;
 pub mod schema;
 
 use std::future::Future;
@@ -188,11 +189,6 @@ fn unique_violation(constraint: &str) -> Option<StoreError> {
     Some(StoreError::AlreadyExists { reason, field })
 }
 
-/// Maps a JSON (de)serialization failure of stored data: a corrupt row is a bug.
-fn json_err(e: serde_json::Error) -> StoreError {
-    StoreError::Internal(Box::new(e))
-}
-
 /// Applies the embedded migrations, creating the database first when it is missing.
 pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
     create_database_if_missing(url).await?;
@@ -296,20 +292,6 @@ fn check_version(expected: Option<i64>, actual: i64) -> StoreResult<()> {
     match expected {
         Some(expected) if expected != actual => Err(StoreError::Conflict { expected, actual }),
         _ => Ok(()),
-    }
-}
-
-/// The JSON object stored in a jsonb column that must hold one.
-fn json_object(
-    table: &str,
-    column: &str,
-    v: serde_json::Value,
-) -> StoreResult<crate::domain::JsonObject> {
-    match v {
-        serde_json::Value::Object(m) => Ok(m),
-        other => Err(StoreError::Internal(
-            format!("{table}.{column} is not an object: {other}").into(),
-        )),
     }
 }
 
