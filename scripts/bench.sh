@@ -32,8 +32,12 @@ PGDATABASE=$DB GCDR_LISTEN_ADDR=$ADDR RUST_LOG=warn ./target/release/gcdr-data s
 server=$!
 for _ in $(seq 1 50); do grpc_ok=$($LOAD run --addr http://$ADDR --op list --concurrency 1 --seconds 0.2 --warmup-seconds 0 2>/dev/null | grep -c op= || true); [ "$grpc_ok" = 1 ] && break; sleep 0.2; done
 
-pgbench_line() { # name script -> "tps=… avg=…ms"
-  $PGB -c "$1" -T "$DUR" -f "$2" $DB 2>&1 | awk '/latency average/ {lat=$4} /^tps/ {tps=$3} END {printf "tps=%.1f avg_latency=%.3fms\n", tps, lat}'
+pgbench_line() { # clients script -> "tps=… p50=… p99=…" (percentiles from pgbench's per-transaction log)
+  rm -f "$tmp"/pgbench_log*
+  local tps
+  tps=$(cd "$tmp" && $PGB -c "$1" -T "$DUR" -l --log-prefix=pgbench_log -f "$2" $DB 2>&1 | awk '/^tps/ {print $3}')
+  cat "$tmp"/pgbench_log* | awk '{print $3}' | sort -n | awk -v tps="$tps" '
+    {v[NR]=$1} END {printf "tps=%.1f p50=%.3fms p99=%.3fms\n", tps, v[int(NR*0.5)]/1000, v[int(NR*0.99)]/1000}'
 }
 
 echo
