@@ -16,6 +16,7 @@
 //! | `GCDR_DB_STATEMENT_TIMEOUT_MS` | `30000` | server-side statement timeout |
 //! | `GCDR_MIGRATE_ON_START` | `true` | apply pending migrations when `serve` starts |
 //! | `GCDR_HEALTH_INTERVAL_MS` | `1000` | how often health probes the database |
+//! | `GCDR_WORKER_THREADS` | number of cores | tokio worker threads |
 //! | `GCDR_LOG_FORMAT` | `text` | `json` for one JSON object per line |
 //! | `RUST_LOG` | `info` | log filter |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | — | when set, traces are exported over OTLP/gRPC |
@@ -44,6 +45,8 @@ pub struct Config {
     pub health_interval: Duration,
     pub log_format: LogFormat,
     pub otlp_endpoint: Option<String>,
+    /// Tokio worker threads; `None`: one per core.
+    pub worker_threads: Option<usize>,
 }
 
 impl Config {
@@ -119,6 +122,12 @@ impl Config {
             health_interval: Duration::from_millis(num("GCDR_HEALTH_INTERVAL_MS", 1000)?.max(50)),
             log_format,
             otlp_endpoint: get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            worker_threads: match get("GCDR_WORKER_THREADS") {
+                None => None,
+                Some(_) => {
+                    Some(usize::try_from(num("GCDR_WORKER_THREADS", 0)?.max(1)).unwrap_or(1))
+                }
+            },
         })
     }
 }

@@ -25,10 +25,17 @@ enum Command {
     Migrate,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::from_env()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.worker_threads {
+        runtime.worker_threads(n);
+    }
+    runtime.enable_all().build()?.block_on(run(cli, config))
+}
+
+async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     let _telemetry =
         gcdr_data::telemetry::init(config.log_format, config.otlp_endpoint.as_deref())?;
     match cli.command {
