@@ -10,6 +10,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/gcdr/v1/customer.proto",
         "proto/gcdr/v1/asset.proto",
         "proto/gcdr/v1/device.proto",
+        "proto/gcdr/v1/policy.proto",
+        "proto/gcdr/v1/role.proto",
+        "proto/gcdr/v1/role_assignment.proto",
+        "proto/gcdr/v1/authorization.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("gcdr_descriptor.bin"))

@@ -3,6 +3,7 @@
 //! Nothing here knows about Diesel, prost or AWS: the gRPC layer converts its messages
 //! into these types (validating on the way) and the stores persist them.
 
+pub mod access;
 pub mod asset;
 pub mod customer;
 pub mod device;

@@ -3,9 +3,13 @@
 //! and graceful shutdown together.
 
 pub mod asset;
+pub mod assignment;
+pub mod authorization;
 pub mod convert;
 pub mod customer;
 pub mod device;
+pub mod policy;
+pub mod role;
 pub mod status;
 mod tree;
 
@@ -109,8 +113,24 @@ pub async fn serve(
             asset::AssetServiceHandler::new(store.clone()),
         ))
         .add_service(pb::device_service_server::DeviceServiceServer::new(
-            device::DeviceServiceHandler::new(store),
+            device::DeviceServiceHandler::new(store.clone()),
         ))
+        .add_service(pb::policy_service_server::PolicyServiceServer::new(
+            policy::PolicyServiceHandler::new(store.clone()),
+        ))
+        .add_service(pb::role_service_server::RoleServiceServer::new(
+            role::RoleServiceHandler::new(store.clone()),
+        ))
+        .add_service(
+            pb::role_assignment_service_server::RoleAssignmentServiceServer::new(
+                assignment::RoleAssignmentServiceHandler::new(store.clone()),
+            ),
+        )
+        .add_service(
+            pb::authorization_service_server::AuthorizationServiceServer::new(
+                authorization::AuthorizationServiceHandler::new(store),
+            ),
+        )
         // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms tails).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal)
         .await;

@@ -10,6 +10,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use uuid::Uuid;
+
+use crate::domain::access::requests::{
+    AccessFilter, AssignmentFilter, NewAssignment, NewPolicy, NewRole, PolicyPatch, RolePatch,
+};
+use crate::domain::access::{Grant, Policy, Role, RoleAssignment};
 use crate::domain::asset::{Asset, AssetDestination, AssetFilter, AssetPatch, NewAsset};
 use crate::domain::customer::{Customer, CustomerFilter, CustomerPatch, NewCustomer};
 use crate::domain::device::{ConnectivityStatus, Device, DeviceFilter, DevicePatch, NewDevice};
@@ -230,6 +236,9 @@ pub struct Store {
     pub customers: Arc<dyn CustomerStore>,
     pub assets: Arc<dyn AssetStore>,
     pub devices: Arc<dyn DeviceStore>,
+    pub policies: Arc<dyn PolicyStore>,
+    pub roles: Arc<dyn RoleStore>,
+    pub assignments: Arc<dyn AssignmentStore>,
     pub health: Arc<dyn HealthProbe>,
 }
 
@@ -241,7 +250,84 @@ impl Store {
             customers: pg.clone(),
             assets: pg.clone(),
             devices: pg.clone(),
+            policies: pg.clone(),
+            roles: pg.clone(),
+            assignments: pg.clone(),
             health: pg,
         }
     }
+}
+
+/// Persistence of policies.
+#[async_trait]
+pub trait PolicyStore: Send + Sync {
+    async fn create(&self, ctx: &Ctx, new: NewPolicy) -> StoreResult<Policy>;
+    async fn get(&self, tenant: &TenantId, id: Uuid) -> StoreResult<Policy>;
+    async fn get_by_key(&self, tenant: &TenantId, key: &str) -> StoreResult<Policy>;
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        id: Uuid,
+        patch: PolicyPatch,
+        expected_version: Option<i64>,
+    ) -> StoreResult<Policy>;
+    async fn delete(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        expected_version: Option<i64>,
+    ) -> StoreResult<()>;
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        filter: &AccessFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Policy>>;
+}
+
+/// Persistence of roles.
+#[async_trait]
+pub trait RoleStore: Send + Sync {
+    async fn create(&self, ctx: &Ctx, new: NewRole) -> StoreResult<Role>;
+    async fn get(&self, tenant: &TenantId, id: Uuid) -> StoreResult<Role>;
+    async fn get_by_key(&self, tenant: &TenantId, key: &str) -> StoreResult<Role>;
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        id: Uuid,
+        patch: RolePatch,
+        expected_version: Option<i64>,
+    ) -> StoreResult<Role>;
+    async fn delete(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        expected_version: Option<i64>,
+    ) -> StoreResult<()>;
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        filter: &AccessFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Role>>;
+}
+
+/// Persistence of role assignments, and what authorization reads.
+#[async_trait]
+pub trait AssignmentStore: Send + Sync {
+    async fn assign(&self, ctx: &Ctx, new: NewAssignment) -> StoreResult<RoleAssignment>;
+    async fn get(&self, tenant: &TenantId, id: Uuid) -> StoreResult<RoleAssignment>;
+    async fn revoke(&self, ctx: &Ctx, id: Uuid) -> StoreResult<RoleAssignment>;
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        filter: &AssignmentFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<RoleAssignment>>;
+    /// The user's assignments in force, each with its role's policies in order.
+    async fn grants(&self, tenant: &TenantId, user_id: &str) -> StoreResult<Vec<Grant>>;
+    /// The scopes that contain `resource` in the hierarchy, the resource first:
+    /// `device:D` -> its asset chain -> its customer chain. Unknown resources and other
+    /// scope forms have only themselves.
+    async fn ancestry(&self, tenant: &TenantId, resource: &str) -> StoreResult<Vec<String>>;
 }

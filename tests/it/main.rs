@@ -1,5 +1,6 @@
 //! Integration tests: the real gRPC server over loopback against real PostgreSQL.
 
+mod access;
 mod assets;
 mod customers;
 mod devices;

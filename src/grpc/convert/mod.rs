@@ -3,6 +3,7 @@
 //! Inbound conversions validate and collect every violation; outbound ones cannot
 //! fail. Shared here: ids, timestamps, JSON structs, field masks and page tokens.
 
+pub mod access;
 pub mod asset;
 pub mod customer;
 pub mod device;

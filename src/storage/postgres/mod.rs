@@ -5,10 +5,13 @@
 //! through [`PgStore::timed`], which times it and logs failures labelled by operation.
 
 mod assets;
+mod assignments;
 mod customers;
 mod devices;
 mod hierarchy;
 mod json;
+mod policies;
+mod roles;
 pub mod schema;
 
 use std::future::Future;
@@ -184,6 +187,9 @@ fn unique_violation(constraint: &str) -> Option<StoreError> {
         "assets_pkey" => ("ASSET_EXISTS", "asset.id"),
         "devices_tenant_serial_key" => ("DEVICE_SERIAL_EXISTS", "device.serial_number"),
         "devices_pkey" => ("DEVICE_EXISTS", "device.id"),
+        "policies_tenant_key_key" => ("POLICY_KEY_EXISTS", "policy.key"),
+        "roles_tenant_key_key" => ("ROLE_KEY_EXISTS", "role.key"),
+        "role_assignments_one_active" => ("ASSIGNMENT_EXISTS", "role_assignment"),
         _ => return None,
     };
     Some(StoreError::AlreadyExists { reason, field })

@@ -102,4 +102,90 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(assets, customers, devices);
+diesel::table! {
+    policies (tenant_id, id) {
+        tenant_id -> Text,
+        id -> Uuid,
+        #[max_length = 100]
+        key -> Varchar,
+        #[max_length = 255]
+        display_name -> Varchar,
+        #[max_length = 1000]
+        description -> Varchar,
+        allow -> Array<Text>,
+        deny -> Array<Text>,
+        conditions -> Nullable<Jsonb>,
+        risk_level -> Text,
+        is_system -> Bool,
+        version -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        created_by -> Text,
+        updated_by -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    roles (tenant_id, id) {
+        tenant_id -> Text,
+        id -> Uuid,
+        #[max_length = 100]
+        key -> Varchar,
+        #[max_length = 255]
+        display_name -> Varchar,
+        #[max_length = 1000]
+        description -> Varchar,
+        tags -> Array<Text>,
+        risk_level -> Text,
+        is_system -> Bool,
+        version -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        created_by -> Text,
+        updated_by -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    role_policies (tenant_id, role_id, policy_id) {
+        tenant_id -> Text,
+        role_id -> Uuid,
+        policy_id -> Uuid,
+        position -> Int4,
+    }
+}
+
+diesel::table! {
+    role_assignments (tenant_id, id) {
+        tenant_id -> Text,
+        id -> Uuid,
+        #[max_length = 255]
+        user_id -> Varchar,
+        role_id -> Uuid,
+        #[max_length = 500]
+        scope -> Varchar,
+        status -> Text,
+        expires_at -> Nullable<Timestamptz>,
+        granted_by -> Text,
+        granted_at -> Timestamptz,
+        #[max_length = 500]
+        reason -> Nullable<Varchar>,
+        revoked_by -> Nullable<Text>,
+        revoked_at -> Nullable<Timestamptz>,
+        version -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        created_by -> Text,
+        updated_by -> Nullable<Text>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    assets,
+    customers,
+    devices,
+    policies,
+    roles,
+    role_policies,
+    role_assignments
+);

@@ -1,0 +1,374 @@
+//! Role assignments in PostgreSQL, and what authorization reads: the grants of a user
+//! and the ancestry of a resource in the hierarchy.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::schema::role_assignments::{self, dsl};
+use super::schema::{assets, customers, devices, policies, role_policies, roles};
+use super::{PgStore, bad_cursor};
+use crate::domain::access::requests::{AssignmentFilter, NewAssignment};
+use crate::domain::access::{AssignmentStatus, Grant, PolicyRules, RoleAssignment};
+use crate::domain::{Ctx, Page, PageRequest, TenantId};
+use crate::storage::{AssignmentStore, StoreError, StoreResult};
+
+/// One row of `role_assignments`.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = role_assignments)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+struct AssignmentRow {
+    tenant_id: String,
+    id: Uuid,
+    user_id: String,
+    role_id: Uuid,
+    scope: String,
+    status: String,
+    expires_at: Option<DateTime<Utc>>,
+    granted_by: String,
+    granted_at: DateTime<Utc>,
+    reason: Option<String>,
+    revoked_by: Option<String>,
+    revoked_at: Option<DateTime<Utc>>,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    created_by: String,
+    updated_by: Option<String>,
+}
+
+impl AssignmentRow {
+    fn into_domain(self, role_key: String) -> StoreResult<RoleAssignment> {
+        let bad = |what: &str, v: &str| {
+            StoreError::Internal(format!("role_assignments row has bad {what} {v:?}").into())
+        };
+        Ok(RoleAssignment {
+            tenant_id: TenantId::parse(&self.tenant_id)
+                .ok_or_else(|| bad("tenant_id", &self.tenant_id))?,
+            id: self.id,
+            user_id: self.user_id,
+            role_key,
+            scope: self.scope,
+            status: AssignmentStatus::parse(&self.status)
+                .ok_or_else(|| bad("status", &self.status))?,
+            expires_at: self.expires_at,
+            granted_by: self.granted_by,
+            granted_at: self.granted_at,
+            reason: self.reason,
+            revoked_by: self.revoked_by,
+            revoked_at: self.revoked_at,
+            version: self.version,
+        })
+    }
+}
+
+const NOT_FOUND: StoreError = StoreError::NotFound {
+    entity: "role assignment",
+};
+
+/// Assignments joined with their role's key.
+macro_rules! with_role {
+    () => {
+        dsl::role_assignments.inner_join(
+            roles::table.on(roles::tenant_id
+                .eq(dsl::tenant_id)
+                .and(roles::id.eq(dsl::role_id))),
+        )
+    };
+}
+
+async fn find(
+    conn: &mut AsyncPgConnection,
+    tenant: &TenantId,
+    id: Uuid,
+) -> StoreResult<RoleAssignment> {
+    let (row, key): (AssignmentRow, String) = with_role!()
+        .filter(dsl::tenant_id.eq(tenant.as_str()))
+        .filter(dsl::id.eq(id))
+        .select((AssignmentRow::as_select(), roles::key))
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or(NOT_FOUND)?;
+    row.into_domain(key)
+}
+
+#[async_trait]
+impl AssignmentStore for PgStore {
+    async fn assign(&self, ctx: &Ctx, new: NewAssignment) -> StoreResult<RoleAssignment> {
+        self.timed("assignments.assign", async {
+            let mut conn = self.conn().await?;
+            conn.transaction(async |conn| {
+                let tenant = ctx.tenant.as_str();
+                let role: Uuid = roles::table
+                    .filter(roles::tenant_id.eq(tenant))
+                    .filter(roles::key.eq(&new.role_key))
+                    .select(roles::id)
+                    .first(conn)
+                    .await
+                    .optional()?
+                    .ok_or(StoreError::NotFound { entity: "role" })?;
+                let now = Utc::now();
+                // An active assignment past its expiry is not active: record that, so
+                // the one-active-per-(user, role, scope) index admits the new one.
+                diesel::update(
+                    dsl::role_assignments
+                        .filter(dsl::tenant_id.eq(tenant))
+                        .filter(dsl::user_id.eq(&new.user_id))
+                        .filter(dsl::role_id.eq(role))
+                        .filter(dsl::scope.eq(&new.scope))
+                        .filter(dsl::status.eq("active"))
+                        .filter(dsl::expires_at.le(now)),
+                )
+                .set((
+                    dsl::status.eq("expired"),
+                    dsl::version.eq(dsl::version + 1),
+                    dsl::updated_at.eq(now),
+                ))
+                .execute(conn)
+                .await?;
+                let actor = ctx.actor.as_str().to_owned();
+                let row = AssignmentRow {
+                    tenant_id: tenant.to_owned(),
+                    id: new.id,
+                    user_id: new.user_id,
+                    role_id: role,
+                    scope: new.scope,
+                    status: AssignmentStatus::Active.as_str().to_owned(),
+                    expires_at: new.expires_at,
+                    granted_by: actor.clone(),
+                    granted_at: now,
+                    reason: new.reason,
+                    revoked_by: None,
+                    revoked_at: None,
+                    version: 1,
+                    created_at: now,
+                    updated_at: now,
+                    created_by: actor,
+                    updated_by: None,
+                };
+                diesel::insert_into(dsl::role_assignments)
+                    .values(&row)
+                    .execute(conn)
+                    .await?;
+                row.into_domain(new.role_key)
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn get(&self, tenant: &TenantId, id: Uuid) -> StoreResult<RoleAssignment> {
+        self.timed("assignments.get", async {
+            find(&mut *self.conn().await?, tenant, id).await
+        })
+        .await
+    }
+
+    async fn revoke(&self, ctx: &Ctx, id: Uuid) -> StoreResult<RoleAssignment> {
+        self.timed("assignments.revoke", async {
+            let mut conn = self.conn().await?;
+            conn.transaction(async |conn| {
+                let current = find(conn, &ctx.tenant, id).await?;
+                let now = Utc::now();
+                if !current.in_force(now) {
+                    return Err(StoreError::FailedPrecondition {
+                        reason: "NOT_ACTIVE",
+                        message: format!("the assignment is {}", current.effective_status(now)),
+                    });
+                }
+                let actor = ctx.actor.as_str();
+                let updated = diesel::update(dsl::role_assignments.find((ctx.tenant.as_str(), id)))
+                    .filter(dsl::version.eq(current.version))
+                    .set((
+                        dsl::status.eq("inactive"),
+                        dsl::revoked_by.eq(actor),
+                        dsl::revoked_at.eq(now),
+                        dsl::version.eq(dsl::version + 1),
+                        dsl::updated_at.eq(now),
+                        dsl::updated_by.eq(actor),
+                    ))
+                    .execute(conn)
+                    .await?;
+                if updated == 0 {
+                    return Err(StoreError::Unavailable(
+                        "the assignment changed concurrently; retry".into(),
+                    ));
+                }
+                find(conn, &ctx.tenant, id).await
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        filter: &AssignmentFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<RoleAssignment>> {
+        self.timed("assignments.list", async {
+            let mut conn = self.conn().await?;
+            let now = Utc::now();
+            let mut q = with_role!()
+                .filter(dsl::tenant_id.eq(tenant.as_str()))
+                .into_boxed();
+            if let Some(u) = &filter.user_id {
+                q = q.filter(dsl::user_id.eq(u.clone()));
+            }
+            if let Some(r) = &filter.role_key {
+                q = q.filter(roles::key.eq(r.clone()));
+            }
+            if let Some(s) = &filter.scope {
+                q = q.filter(dsl::scope.eq(s.clone()));
+            }
+            let live = dsl::status
+                .eq("active")
+                .and(dsl::expires_at.is_null().or(dsl::expires_at.gt(now)));
+            q = match filter.status {
+                None => q,
+                Some(AssignmentStatus::Active) => q.filter(live),
+                Some(AssignmentStatus::Inactive) => q.filter(dsl::status.eq("inactive")),
+                Some(AssignmentStatus::Expired) => q.filter(
+                    dsl::status
+                        .eq("expired")
+                        .or(dsl::status.eq("active").and(dsl::expires_at.le(now))),
+                ),
+            };
+            if let Some(after) = &page.after {
+                q = q.filter(dsl::id.gt(Uuid::parse_str(after).map_err(|_| bad_cursor())?));
+            }
+            let rows: Vec<(AssignmentRow, String)> = q
+                .order(dsl::id)
+                .limit(page.size as i64 + 1)
+                .select((AssignmentRow::as_select(), roles::key))
+                .load(&mut conn)
+                .await?;
+            let items = rows
+                .into_iter()
+                .map(|(r, k)| r.into_domain(k))
+                .collect::<StoreResult<Vec<_>>>()?;
+            Ok(Page::from_overfetch(items, page.size, |a| a.id.to_string()))
+        })
+        .await
+    }
+
+    async fn grants(&self, tenant: &TenantId, user_id: &str) -> StoreResult<Vec<Grant>> {
+        self.timed("assignments.grants", async {
+            let mut conn = self.conn().await?;
+            let now = Utc::now();
+            let rows: Vec<(AssignmentRow, String)> = with_role!()
+                .filter(dsl::tenant_id.eq(tenant.as_str()))
+                .filter(dsl::user_id.eq(user_id))
+                .filter(dsl::status.eq("active"))
+                .filter(dsl::expires_at.is_null().or(dsl::expires_at.gt(now)))
+                .order(dsl::granted_at)
+                .select((AssignmentRow::as_select(), roles::key))
+                .load(&mut conn)
+                .await?;
+            let role_ids: Vec<Uuid> = rows.iter().map(|(r, _)| r.role_id).collect();
+            let rules: Vec<(Uuid, String, Vec<String>, Vec<String>)> = role_policies::table
+                .inner_join(
+                    policies::table.on(policies::tenant_id
+                        .eq(role_policies::tenant_id)
+                        .and(policies::id.eq(role_policies::policy_id))),
+                )
+                .filter(role_policies::tenant_id.eq(tenant.as_str()))
+                .filter(role_policies::role_id.eq_any(role_ids))
+                .order((role_policies::role_id, role_policies::position))
+                .select((
+                    role_policies::role_id,
+                    policies::key,
+                    policies::allow,
+                    policies::deny,
+                ))
+                .load(&mut conn)
+                .await?;
+            rows.into_iter()
+                .map(|(row, key)| {
+                    let role = row.role_id;
+                    let policies = rules
+                        .iter()
+                        .filter(|(r, ..)| *r == role)
+                        .map(|(_, k, allow, deny)| PolicyRules {
+                            key: k.clone(),
+                            allow: allow.clone(),
+                            deny: deny.clone(),
+                        })
+                        .collect();
+                    Ok(Grant {
+                        assignment: row.into_domain(key)?,
+                        policies,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn ancestry(&self, tenant: &TenantId, resource: &str) -> StoreResult<Vec<String>> {
+        self.timed("assignments.ancestry", async {
+            let mut conn = self.conn().await?;
+            let mut chain = vec![resource.to_owned()];
+            let Some((kind, id)) = resource.split_once(':') else {
+                return Ok(chain);
+            };
+            let Ok(id) = Uuid::parse_str(id) else {
+                return Ok(chain);
+            };
+            let t = tenant.as_str();
+            let (asset, customer) = match kind {
+                "customer" => (None, Some(id)),
+                "asset" => (Some(id), None),
+                "device" => {
+                    let asset: Option<Uuid> = devices::table
+                        .find((t, id))
+                        .select(devices::asset_id)
+                        .first(&mut conn)
+                        .await
+                        .optional()?;
+                    (asset, None)
+                }
+                _ => return Ok(chain),
+            };
+            let customer = match asset {
+                Some(a) => {
+                    let found: Option<(String, Uuid)> = assets::table
+                        .find((t, a))
+                        .select((assets::path, assets::customer_id))
+                        .first(&mut conn)
+                        .await
+                        .optional()?;
+                    let Some((path, customer)) = found else {
+                        return Ok(chain);
+                    };
+                    // /<tenant>/<customer>/<root asset>/.../<asset>, nearest first.
+                    let ids: Vec<&str> =
+                        path.split('/').filter(|s| !s.is_empty()).skip(2).collect();
+                    chain.extend(ids.iter().rev().map(|a| format!("asset:{a}")));
+                    Some(customer)
+                }
+                None => customer,
+            };
+            if let Some(c) = customer {
+                let path: Option<String> = customers::table
+                    .find((t, c))
+                    .select(customers::path)
+                    .first(&mut conn)
+                    .await
+                    .optional()?;
+                if let Some(path) = path {
+                    let ids: Vec<&str> =
+                        path.split('/').filter(|s| !s.is_empty()).skip(1).collect();
+                    chain.extend(ids.iter().rev().map(|c| format!("customer:{c}")));
+                }
+            }
+            chain.dedup();
+            Ok(chain)
+        })
+        .await
+    }
+}
