@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/gcdr/v1/role.proto",
         "proto/gcdr/v1/role_assignment.proto",
         "proto/gcdr/v1/authorization.proto",
+        "proto/gcdr/v1/partner.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("gcdr_descriptor.bin"))

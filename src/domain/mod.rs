@@ -8,6 +8,7 @@ pub mod asset;
 pub mod customer;
 pub mod device;
 mod ids;
+pub mod partner;
 mod values;
 
 pub use ids::{AssetId, CustomerId, DeviceId, TenantId};

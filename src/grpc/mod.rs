@@ -8,6 +8,7 @@ pub mod authorization;
 pub mod convert;
 pub mod customer;
 pub mod device;
+pub mod partner;
 pub mod policy;
 pub mod role;
 pub mod status;
@@ -31,6 +32,11 @@ pub const SERVICE_NAMES: &[&str] = &[
     "gcdr.v1.CustomerService",
     "gcdr.v1.AssetService",
     "gcdr.v1.DeviceService",
+    "gcdr.v1.PolicyService",
+    "gcdr.v1.RoleService",
+    "gcdr.v1.RoleAssignmentService",
+    "gcdr.v1.AuthorizationService",
+    "gcdr.v1.PartnerService",
 ];
 
 /// Reads the tenant (`x-tenant-id`, required) and actor (`x-user-id`, default
@@ -128,9 +134,12 @@ pub async fn serve(
         )
         .add_service(
             pb::authorization_service_server::AuthorizationServiceServer::new(
-                authorization::AuthorizationServiceHandler::new(store),
+                authorization::AuthorizationServiceHandler::new(store.clone()),
             ),
         )
+        .add_service(pb::partner_service_server::PartnerServiceServer::new(
+            partner::PartnerServiceHandler::new(store),
+        ))
         // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms tails).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal)
         .await;

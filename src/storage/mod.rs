@@ -19,6 +19,10 @@ use crate::domain::access::{Grant, Policy, Role, RoleAssignment};
 use crate::domain::asset::{Asset, AssetDestination, AssetFilter, AssetPatch, NewAsset};
 use crate::domain::customer::{Customer, CustomerFilter, CustomerPatch, NewCustomer};
 use crate::domain::device::{ConnectivityStatus, Device, DeviceFilter, DevicePatch, NewDevice};
+use crate::domain::partner::{
+    ApiKey, CredentialStatus, LifecycleAction, NewApiKey, NewOAuthClient, NewPartner, NewWebhook,
+    OAuthClient, Partner, PartnerPatch, PartnerStatus, Webhook,
+};
 use crate::domain::{AssetId, Ctx, CustomerId, DeviceId, Page, PageRequest, TenantId};
 
 /// What can go wrong in a store, in terms a caller can act on.
@@ -239,6 +243,7 @@ pub struct Store {
     pub policies: Arc<dyn PolicyStore>,
     pub roles: Arc<dyn RoleStore>,
     pub assignments: Arc<dyn AssignmentStore>,
+    pub partners: Arc<dyn PartnerStore>,
     pub health: Arc<dyn HealthProbe>,
 }
 
@@ -253,6 +258,7 @@ impl Store {
             policies: pg.clone(),
             roles: pg.clone(),
             assignments: pg.clone(),
+            partners: pg.clone(),
             health: pg,
         }
     }
@@ -330,4 +336,74 @@ pub trait AssignmentStore: Send + Sync {
     /// `device:D` -> its asset chain -> its customer chain. Unknown resources and other
     /// scope forms have only themselves.
     async fn ancestry(&self, tenant: &TenantId, resource: &str) -> StoreResult<Vec<String>>;
+}
+
+/// Persistence of partners and their credentials. Credential calls answer NOT_FOUND
+/// for an unknown partner, and FAILED_PRECONDITION when its status forbids them.
+#[async_trait]
+pub trait PartnerStore: Send + Sync {
+    async fn register(&self, ctx: &Ctx, new: NewPartner) -> StoreResult<Partner>;
+    async fn get(&self, tenant: &TenantId, id: Uuid) -> StoreResult<Partner>;
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        id: Uuid,
+        patch: PartnerPatch,
+        expected_version: Option<i64>,
+    ) -> StoreResult<Partner>;
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        status: Option<PartnerStatus>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Partner>>;
+    async fn transition(
+        &self,
+        ctx: &Ctx,
+        id: Uuid,
+        action: LifecycleAction,
+    ) -> StoreResult<Partner>;
+    async fn create_api_key(&self, ctx: &Ctx, partner: Uuid, key: NewApiKey)
+    -> StoreResult<ApiKey>;
+    async fn list_api_keys(
+        &self,
+        tenant: &TenantId,
+        partner: Uuid,
+        status: Option<CredentialStatus>,
+    ) -> StoreResult<Vec<ApiKey>>;
+    async fn revoke_api_key(&self, ctx: &Ctx, partner: Uuid, key: Uuid) -> StoreResult<ApiKey>;
+    /// Revokes `old` and stores `new` with the old key's name, scopes and expiry.
+    async fn rotate_api_key(
+        &self,
+        ctx: &Ctx,
+        partner: Uuid,
+        old: Uuid,
+        new: NewApiKey,
+    ) -> StoreResult<ApiKey>;
+    async fn create_oauth_client(
+        &self,
+        ctx: &Ctx,
+        partner: Uuid,
+        client: NewOAuthClient,
+    ) -> StoreResult<OAuthClient>;
+    async fn list_oauth_clients(
+        &self,
+        tenant: &TenantId,
+        partner: Uuid,
+        status: Option<CredentialStatus>,
+    ) -> StoreResult<Vec<OAuthClient>>;
+    async fn revoke_oauth_client(
+        &self,
+        ctx: &Ctx,
+        partner: Uuid,
+        client_id: &str,
+    ) -> StoreResult<OAuthClient>;
+    async fn create_webhook(
+        &self,
+        ctx: &Ctx,
+        partner: Uuid,
+        webhook: NewWebhook,
+    ) -> StoreResult<Webhook>;
+    async fn list_webhooks(&self, tenant: &TenantId, partner: Uuid) -> StoreResult<Vec<Webhook>>;
+    async fn delete_webhook(&self, ctx: &Ctx, partner: Uuid, webhook: Uuid) -> StoreResult<()>;
 }

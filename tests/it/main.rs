@@ -7,5 +7,6 @@ mod devices;
 mod harness;
 mod hierarchy;
 mod isolation;
+mod partners;
 mod server;
 mod validation;

@@ -22,7 +22,11 @@ async fn health(s: &TestServer, service: &str) -> ServingStatus {
 
 async fn wait_for(s: &TestServer, want: ServingStatus) {
     for _ in 0..100 {
-        if health(s, "").await == want && health(s, "gcdr.v1.CustomerService").await == want {
+        let mut all = health(s, "").await == want;
+        for name in gcdr_data::grpc::SERVICE_NAMES {
+            all &= health(s, name).await == want;
+        }
+        if all {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

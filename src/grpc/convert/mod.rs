@@ -7,6 +7,7 @@ pub mod access;
 pub mod asset;
 pub mod customer;
 pub mod device;
+pub mod partner;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -10,6 +10,7 @@ mod customers;
 mod devices;
 mod hierarchy;
 mod json;
+mod partners;
 mod policies;
 mod roles;
 pub mod schema;
@@ -190,6 +191,7 @@ fn unique_violation(constraint: &str) -> Option<StoreError> {
         "policies_tenant_key_key" => ("POLICY_KEY_EXISTS", "policy.key"),
         "roles_tenant_key_key" => ("ROLE_KEY_EXISTS", "role.key"),
         "role_assignments_one_active" => ("ASSIGNMENT_EXISTS", "role_assignment"),
+        "partners_tenant_email_key" => ("PARTNER_EMAIL_EXISTS", "partner.contact_email"),
         _ => return None,
     };
     Some(StoreError::AlreadyExists { reason, field })

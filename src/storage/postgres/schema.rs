@@ -180,6 +180,82 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    partners (tenant_id, id) {
+        tenant_id -> Text,
+        id -> Uuid,
+        status -> Text,
+        company_name -> Varchar,
+        company_website -> Varchar,
+        company_description -> Varchar,
+        industry -> Varchar,
+        country -> Varchar,
+        contact_name -> Varchar,
+        contact_email -> Varchar,
+        contact_phone -> Nullable<Varchar>,
+        technical_contact_email -> Varchar,
+        intended_use -> Varchar,
+        requested_scopes -> Array<Text>,
+        webhook_url -> Nullable<Varchar>,
+        ip_whitelist -> Array<Text>,
+        scopes -> Array<Text>,
+        rate_limit_per_minute -> Int4,
+        rate_limit_per_day -> Int4,
+        monthly_quota -> Int4,
+        transitions -> Jsonb,
+        version -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        created_by -> Text,
+        updated_by -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    partner_api_keys (tenant_id, partner_id, id) {
+        tenant_id -> Text,
+        partner_id -> Uuid,
+        id -> Uuid,
+        name -> Varchar,
+        key_hash -> Bpchar,
+        key_prefix -> Varchar,
+        scopes -> Array<Text>,
+        expires_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
+        status -> Text,
+    }
+}
+
+diesel::table! {
+    partner_oauth_clients (tenant_id, partner_id, client_id) {
+        tenant_id -> Text,
+        partner_id -> Uuid,
+        client_id -> Varchar,
+        name -> Varchar,
+        client_secret_hash -> Bpchar,
+        redirect_uris -> Array<Text>,
+        scopes -> Array<Text>,
+        grant_types -> Array<Text>,
+        created_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
+        status -> Text,
+    }
+}
+
+diesel::table! {
+    partner_webhooks (tenant_id, partner_id, id) {
+        tenant_id -> Text,
+        partner_id -> Uuid,
+        id -> Uuid,
+        url -> Varchar,
+        events -> Array<Text>,
+        secret_hash -> Bpchar,
+        enabled -> Bool,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     assets,
     customers,
@@ -187,5 +263,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     policies,
     roles,
     role_policies,
-    role_assignments
+    role_assignments,
+    partners,
+    partner_api_keys,
+    partner_oauth_clients,
+    partner_webhooks
 );
