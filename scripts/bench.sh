@@ -7,7 +7,8 @@
 # Seeds a 100,000-customer tenant (with a 1,000- and a 10,000-node subtree) into the
 # database gcdr_bench, starts the release server on 127.0.0.1:50061, and reports
 # throughput and p50/p99 for GetCustomer, ListCustomers, ListCustomerDescendants and
-# MoveCustomer, the same queries through pgbench/psql, and the server's peak RSS.
+# MoveCustomer, the same queries through pgbench/psql, AuthorizationService.Check on
+# a separate 10,001-customer tenant, and the server's peak RSS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-postgres.sh
@@ -86,6 +87,11 @@ SQL
   raw+=("$ms")
 done
 echo "raw single UPDATE of the same 10,001 rows (psql, rolled back), 3 runs: ${raw[*]} ms"
+
+echo
+echo "== AuthorizationService.Check at $CONC in flight (user with 5 assignments, 10,001-customer tenant)"
+$LOAD seed-authz --database-url "$URL" --tenant authz >/dev/null
+$LOAD run --addr http://$ADDR --tenant authz --op check --concurrency "$CONC" --connections 1 --seconds "$DUR"
 
 echo
 echo "== server peak RSS: $(awk '/VmHWM/ {printf "%.1f MB", $2/1024}' /proc/$server/status)"

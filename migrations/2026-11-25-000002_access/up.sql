@@ -3,6 +3,8 @@
 -- * role -> policy is a real relation (role_policies), ordered by position; a policy
 --   in use cannot be deleted (RESTRICT), a role's links go with it (CASCADE).
 -- * permission patterns are text arrays; their syntax is checked by the service.
+-- * keys: the API creates only `^[a-z][a-z0-9_]*$`, but legacy and seed data hold keys
+--   such as `role:super-admin`, so the table accepts any non-blank key.
 -- * at most one *active* assignment per (tenant, user, role, scope): a partial unique
 --   index, so concurrent assigns cannot both win. Expiry is a timestamp, compared as
 --   time; an assignment past it is treated as not active whatever its status says.
@@ -10,7 +12,7 @@
 CREATE TABLE policies (
     tenant_id    text         NOT NULL,
     id           uuid         NOT NULL,
-    key          varchar(100) NOT NULL CHECK (key ~ '^[a-z][a-z0-9_]*$'),
+    key          varchar(100) NOT NULL CHECK (key <> ''),
     display_name varchar(255) NOT NULL,
     description  varchar(1000) NOT NULL DEFAULT '',
     allow        text[]       NOT NULL DEFAULT '{}',
@@ -30,7 +32,7 @@ CREATE TABLE policies (
 CREATE TABLE roles (
     tenant_id    text         NOT NULL,
     id           uuid         NOT NULL,
-    key          varchar(100) NOT NULL CHECK (key ~ '^[a-z][a-z0-9_]*$'),
+    key          varchar(100) NOT NULL CHECK (key <> ''),
     display_name varchar(255) NOT NULL,
     description  varchar(1000) NOT NULL DEFAULT '',
     tags         text[]       NOT NULL DEFAULT '{}',

@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use gcdr_data::pb;
+use gcdr_data::pb::authorization_service_client::AuthorizationServiceClient;
 use gcdr_data::pb::customer_service_client::CustomerServiceClient;
 use hdrhistogram::Histogram;
 use rand::Rng;
@@ -38,6 +39,19 @@ enum Command {
         /// Total customers in the tenant (at least 11,002).
         #[arg(long, default_value_t = 100_000)]
         customers: u32,
+    },
+    /// Create the authorization benchmark tenant: 10,001 customers (a root, 100
+    /// children, 9,900 grandchildren), 3 policies, 3 roles, and a user `bench-user` with
+    /// 5 assignments at different levels.
+    SeedAuthz {
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/gcdr"
+        )]
+        database_url: String,
+        #[arg(long, default_value = "authz")]
+        tenant: String,
     },
     /// Drive one RPC and report throughput and latency.
     Run {
@@ -76,6 +90,8 @@ enum Op {
     Descendants,
     /// MoveCustomer of `--root`, alternating between the two `--parents`.
     Move,
+    /// AuthorizationService.Check of `bench-user` on a random customer of the tenant.
+    Check,
 }
 
 #[tokio::main]
@@ -86,6 +102,10 @@ async fn main() -> anyhow::Result<()> {
             tenant,
             customers,
         } => seed(&database_url, &tenant, customers).await,
+        Command::SeedAuthz {
+            database_url,
+            tenant,
+        } => seed_authz(&database_url, &tenant).await,
         Command::Run {
             addr,
             tenant,
@@ -175,6 +195,46 @@ async fn seed(url: &str, tenant: &str, customers: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Seeds the authorization benchmark tenant (see `SeedAuthz`).
+async fn seed_authz(url: &str, tenant: &str) -> anyhow::Result<()> {
+    seed(url, tenant, 11_002).await?;
+    let mut conn = AsyncPgConnection::establish(url).await.context("connect")?;
+    let t = tenant.replace('\'', "''");
+    let sql = format!(
+        "BEGIN;
+         DELETE FROM role_assignments WHERE tenant_id = '{t}';
+         DELETE FROM roles WHERE tenant_id = '{t}';
+         DELETE FROM policies WHERE tenant_id = '{t}';
+         INSERT INTO policies (tenant_id, id, key, display_name, allow, deny, created_at, updated_at, created_by) VALUES
+           ('{t}', gen_random_uuid(), 'p_energy', 'Energy', '{{energy.*.*}}', '{{}}', now(), now(), 'seed'),
+           ('{t}', gen_random_uuid(), 'p_viewer', 'Viewer', '{{*.*.read,*.*.list}}', '{{*.*.delete}}', now(), now(), 'seed'),
+           ('{t}', gen_random_uuid(), 'p_tech', 'Tech', '{{devices.settings.read,alarms.rules.create}}', '{{identity.*}}', now(), now(), 'seed');
+         INSERT INTO roles (tenant_id, id, key, display_name, created_at, updated_at, created_by) VALUES
+           ('{t}', gen_random_uuid(), 'energy', 'Energy', now(), now(), 'seed'),
+           ('{t}', gen_random_uuid(), 'viewer', 'Viewer', now(), now(), 'seed'),
+           ('{t}', gen_random_uuid(), 'tech', 'Tech', now(), now(), 'seed');
+         INSERT INTO role_policies (tenant_id, role_id, policy_id, position)
+           SELECT '{t}', r.id, p.id, 0 FROM roles r JOIN policies p ON p.tenant_id = r.tenant_id
+            AND p.key = 'p_' || r.key WHERE r.tenant_id = '{t}';
+         INSERT INTO role_policies (tenant_id, role_id, policy_id, position)
+           SELECT '{t}', r.id, p.id, 1 FROM roles r JOIN policies p ON p.tenant_id = r.tenant_id
+            AND p.key = 'p_viewer' WHERE r.tenant_id = '{t}' AND r.key = 'energy';
+         INSERT INTO role_assignments (tenant_id, id, user_id, role_id, scope, granted_by, granted_at, created_at, updated_at, created_by)
+           SELECT '{t}', gen_random_uuid(), 'bench-user', r.id, s.scope, 'seed', now(), now(), now(), 'seed'
+           FROM (VALUES
+             ('energy', (SELECT 'customer:' || id FROM customers WHERE tenant_id = '{t}' AND name = 'r10k')),
+             ('viewer', (SELECT 'customer:' || id FROM customers WHERE tenant_id = '{t}' AND name = 'r10k-1')),
+             ('tech',   (SELECT 'customer:' || id FROM customers WHERE tenant_id = '{t}' AND name = 'r10k-2')),
+             ('viewer', (SELECT 'customer:' || id FROM customers WHERE tenant_id = '{t}' AND name = 'r1k')),
+             ('tech',   'site:elsewhere')
+           ) AS s(role, scope) JOIN roles r ON r.tenant_id = '{t}' AND r.key = s.role;
+         COMMIT;
+         ANALYZE;"
+    );
+    conn.batch_execute(&sql).await.context("seed authz")?;
+    Ok(())
+}
+
 struct RunConfig {
     tenant: String,
     op: Op,
@@ -196,11 +256,13 @@ async fn run(addr: &str, connections: usize, cfg: RunConfig) -> anyhow::Result<(
         );
     }
     let ids = match cfg.op {
-        Op::Get => all_ids(CustomerServiceClient::new(channels[0].clone()), &cfg.tenant).await?,
+        Op::Get | Op::Check => {
+            all_ids(CustomerServiceClient::new(channels[0].clone()), &cfg.tenant).await?
+        }
         _ => Vec::new(),
     };
     anyhow::ensure!(
-        !matches!(cfg.op, Op::Get) || !ids.is_empty(),
+        !matches!(cfg.op, Op::Get | Op::Check) || !ids.is_empty(),
         "tenant {} has no customers; seed it",
         cfg.tenant
     );
@@ -227,7 +289,9 @@ async fn run(addr: &str, connections: usize, cfg: RunConfig) -> anyhow::Result<(
     let ids = std::sync::Arc::new(ids);
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
-        let mut client = CustomerServiceClient::new(channels[worker % channels.len()].clone());
+        let channel = channels[worker % channels.len()].clone();
+        let mut client = CustomerServiceClient::new(channel.clone());
+        let mut authz = AuthorizationServiceClient::new(channel);
         let (ids, tenant, root, parents, op) = (
             ids.clone(),
             cfg.tenant.clone(),
@@ -261,6 +325,19 @@ async fn run(addr: &str, connections: usize, cfg: RunConfig) -> anyhow::Result<(
                         .map(|r| r.into_inner().customers.len() as u64),
                     Op::Descendants => {
                         descendants(&mut client, &tenant, root.as_deref().unwrap_or_default()).await
+                    }
+                    Op::Check => {
+                        let resource =
+                            format!("customer:{}", ids[rand::rng().random_range(0..ids.len())]);
+                        let check = pb::CheckRequest {
+                            user_id: "bench-user".into(),
+                            permission: "energy.settings.read".into(),
+                            resource,
+                        };
+                        authz
+                            .check(req(&tenant, check))
+                            .await
+                            .map(|r| u64::from(r.into_inner().allowed))
                     }
                     Op::Move => {
                         flip += 1;

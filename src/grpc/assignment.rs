@@ -60,7 +60,7 @@ impl RoleAssignmentService for RoleAssignmentServiceHandler {
         } = req.into_inner();
         let mut v = Violations::default();
         check_user(&mut v, "user_id", &user_id);
-        conv::check_key(&mut v, "role_key", &role_key);
+        conv::check_key_ref(&mut v, "role_key", &role_key);
         check_scope(&mut v, "scope", &scope);
         let expires_at = conv::expiry(&mut v, expire_time);
         if let Some(r) = &reason {
@@ -124,7 +124,7 @@ impl RoleAssignmentService for RoleAssignmentServiceHandler {
             check_user(&mut v, "user_id", u);
         }
         if let Some(k) = &role_key {
-            conv::check_key(&mut v, "role_key", k);
+            conv::check_key_ref(&mut v, "role_key", k);
         }
         if let Some(s) = &scope {
             check_scope(&mut v, "scope", s);

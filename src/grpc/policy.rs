@@ -88,7 +88,7 @@ impl PolicyService for PolicyServiceHandler {
     ) -> Result<Response<pb::Policy>, Status> {
         let ctx = ctx(&req)?;
         let mut v = Violations::default();
-        conv::check_key(&mut v, "key", &req.get_ref().key);
+        conv::check_key_ref(&mut v, "key", &req.get_ref().key);
         if !v.is_empty() {
             return Err(invalid(v));
         }

@@ -55,7 +55,7 @@ impl RoleService for RoleServiceHandler {
     ) -> Result<Response<pb::Role>, Status> {
         let ctx = ctx(&req)?;
         let mut v = Violations::default();
-        conv::check_key(&mut v, "key", &req.get_ref().key);
+        conv::check_key_ref(&mut v, "key", &req.get_ref().key);
         if !v.is_empty() {
             return Err(invalid(v));
         }

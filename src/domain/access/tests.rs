@@ -285,3 +285,183 @@ fn patterns_and_permissions_are_validated_and_matched_by_segment() {
     assert!(valid_key("technician_maintenance"));
     assert!(!valid_key("Tech") && !valid_key("1a") && !valid_key(""));
 }
+
+/// The HEAD seed data of contract §6, reduced to the permissions examples 22-32 use.
+mod seed {
+    use super::*;
+
+    fn seed_policy(key: &str) -> PolicyRules {
+        match key {
+            "policy:full-admin" => rules(key, &["*.*.*"], &[]),
+            "policy:read-only" => rules(
+                key,
+                &["*.*.read", "*.*.list"],
+                &[
+                    "*.*.create",
+                    "*.*.update",
+                    "*.*.delete",
+                    "*.*.execute",
+                    "*.*.admin",
+                ],
+            ),
+            "policy:device-management" => rules(
+                key,
+                &["devices.settings.read", "devices.settings.update"],
+                &[],
+            ),
+            "policy:user-management" => rules(
+                key,
+                &["identity.users.read", "identity.users.create"],
+                &[
+                    "identity.users.delete",
+                    "identity.roles.create",
+                    "identity.roles.update",
+                    "identity.roles.delete",
+                ],
+            ),
+            "policy:alarm-management" => {
+                rules(key, &["alarms.rules.read", "alarms.rules.create"], &[])
+            }
+            "policy:reports" => rules(key, &["reports.dashboards.read"], &[]),
+            "policy:customer-management" => rules(
+                key,
+                &["customers.hierarchy.read", "customers.hierarchy.update"],
+                &["customers.hierarchy.delete"],
+            ),
+            "policy:energy-management" => rules(key, &["energy.settings.read"], &[]),
+            "policy:integration-management" => rules(
+                key,
+                &[
+                    "integrations.subscriptions.create",
+                    "integrations.packages.read",
+                ],
+                &[],
+            ),
+            "policy:admin-approval" => rules(key, &["identity.approvals.update"], &[]),
+            other => panic!("no seed policy {other}"),
+        }
+    }
+
+    fn seed_grant(role: &str, scope: &str) -> Grant {
+        let keys: &[&str] = match role {
+            "role:super-admin" => &["policy:full-admin"],
+            "role:viewer" => &["policy:read-only", "policy:reports"],
+            "role:customer-admin" => &[
+                "policy:user-management",
+                "policy:device-management",
+                "policy:alarm-management",
+                "policy:reports",
+                "policy:customer-management",
+                "policy:admin-approval",
+            ],
+            "role:operations-manager" => &[
+                "policy:device-management",
+                "policy:alarm-management",
+                "policy:reports",
+            ],
+            "role:technician" => &["policy:device-management"],
+            "role:alarm-operator" => &["policy:alarm-management", "policy:reports"],
+            "role:integration-manager" => &["policy:integration-management", "policy:reports"],
+            other => panic!("no seed role {other}"),
+        };
+        let mut g = grant("admin", scope);
+        g.assignment.role_key = role.into();
+        g.policies = keys.iter().map(|k| seed_policy(k)).collect();
+        g
+    }
+
+    const HOLDING: &str = "customer:2222";
+    const TECH: &str = "customer:3333";
+    const INDUSTRIAL: &str = "customer:4444";
+
+    /// Ancestry in the seed tree: 3333 and 4444 are children of the holding 2222.
+    fn seed_ancestry(resource: &str) -> Vec<String> {
+        match resource {
+            TECH | INDUSTRIAL => vec![resource.into(), HOLDING.into()],
+            other => vec![other.into()],
+        }
+    }
+
+    fn run(grants: &[Grant], permission: &str, resource: &str) -> CheckOutcome {
+        check(grants, permission, resource, &seed_ancestry(resource))
+    }
+
+    #[test]
+    fn examples_22_to_32_with_the_seed_data() {
+        let admin = [seed_grant("role:super-admin", "*")];
+        let joao = [
+            seed_grant("role:customer-admin", TECH),
+            seed_grant("role:operations-manager", HOLDING),
+        ];
+        // Maria's expired operations-manager and inactive energy-analyst assignments are
+        // not in force, so the store never returns them.
+        let maria = [
+            seed_grant("role:technician", TECH),
+            seed_grant("role:alarm-operator", TECH),
+        ];
+        let partner = [
+            seed_grant("role:viewer", TECH),
+            seed_grant("role:integration-manager", TECH),
+        ];
+        // 22
+        assert!(run(&admin, "identity.users.delete", INDUSTRIAL).allowed());
+        // 23
+        let o = run(&joao, "devices.settings.update", TECH);
+        assert!(o.allowed());
+        assert!(
+            o.matched_policies
+                .contains(&"policy:device-management".to_owned())
+        );
+        // 24, adjusted: 4444 is a child of the holding where joão is operations-manager;
+        // the real hierarchy grants it (legacy had no tree inheritance and denied).
+        assert!(run(&joao, "devices.settings.update", INDUSTRIAL).allowed());
+        // 25, adjusted: the lexical composite `customer:2222/customer:4444` is not a
+        // resource here (callers name the resource itself, as in 24).
+        assert_eq!(
+            run(
+                &joao,
+                "devices.settings.update",
+                "customer:2222/customer:4444"
+            )
+            .decision,
+            Decision::NoAssignment
+        );
+        // 26
+        let o = run(&joao, "identity.users.delete", TECH);
+        assert_eq!(o.decision, Decision::ExplicitlyDenied);
+        assert_eq!(
+            o.reason,
+            "Explicitly denied by policy: policy:user-management"
+        );
+        // 27
+        let o = run(&joao, "customers.hierarchy.delete", TECH);
+        assert_eq!(
+            o.reason,
+            "Explicitly denied by policy: policy:customer-management"
+        );
+        // 28
+        assert!(run(&maria, "alarms.rules.create", TECH).allowed());
+        // 29
+        assert_decision(
+            &run(&maria, "energy.settings.read", TECH),
+            Decision::NotGranted,
+            &[],
+        );
+        // 30: read-only's `*.*.create` deny beats integration-manager's allow.
+        let o = run(&partner, "integrations.subscriptions.create", TECH);
+        assert_eq!(o.decision, Decision::ExplicitlyDenied);
+        assert_eq!(o.reason, "Explicitly denied by policy: policy:read-only");
+        // 31
+        assert_decision(
+            &run(&partner, "integrations.packages.read", TECH),
+            Decision::Allowed,
+            &["policy:read-only", "policy:integration-management"],
+        );
+        // 32
+        assert_decision(
+            &run(&joao, "devices.settings.update", "*"),
+            Decision::NoAssignment,
+            &[],
+        );
+    }
+}

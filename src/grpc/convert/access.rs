@@ -47,7 +47,16 @@ fn assignment_status_pb(s: AssignmentStatus) -> pb::AssignmentStatus {
     }
 }
 
-/// Checks a role or policy key field.
+/// Checks a reference to an existing key: legacy data holds keys outside the create
+/// pattern (`role:super-admin`), so any 1..100 characters without whitespace.
+pub fn check_key_ref(v: &mut Violations, field: &str, key: &str) {
+    if key.is_empty() || key.chars().count() > 100 || key.chars().any(char::is_whitespace) {
+        v.add(field, "must be 1..100 characters without whitespace");
+    }
+}
+
+/// Checks the key of a role or policy being created: `^[a-z][a-z0-9_]*$`, at most 100
+/// characters.
 pub fn check_key(v: &mut Violations, field: &str, key: &str) {
     if !valid_key(key) {
         v.add(
@@ -244,7 +253,7 @@ fn role_fields(v: &mut Violations, r: pb::Role) -> RoleFields {
         v.add("role.policy_keys", "must name at least one policy");
     }
     for (i, k) in policy_keys.iter().enumerate() {
-        check_key(v, &format!("role.policy_keys[{i}]"), k);
+        check_key_ref(v, &format!("role.policy_keys[{i}]"), k);
     }
     let mut dedup = policy_keys.clone();
     dedup.sort();

@@ -260,51 +260,48 @@ impl AssignmentStore for PgStore {
         self.timed("assignments.grants", async {
             let mut conn = self.conn().await?;
             let now = Utc::now();
-            let rows: Vec<(AssignmentRow, String)> = with_role!()
-                .filter(dsl::tenant_id.eq(tenant.as_str()))
-                .filter(dsl::user_id.eq(user_id))
-                .filter(dsl::status.eq("active"))
-                .filter(dsl::expires_at.is_null().or(dsl::expires_at.gt(now)))
-                .order(dsl::granted_at)
-                .select((AssignmentRow::as_select(), roles::key))
-                .load(&mut conn)
-                .await?;
-            let role_ids: Vec<Uuid> = rows.iter().map(|(r, _)| r.role_id).collect();
-            let rules: Vec<(Uuid, String, Vec<String>, Vec<String>)> = role_policies::table
-                .inner_join(
+            // One round trip: each assignment in force with its role's policies, one row
+            // per (assignment, policy) in role order.
+            let rows: Vec<(
+                AssignmentRow,
+                String,
+                Option<(String, Vec<String>, Vec<String>)>,
+            )> = with_role!()
+                .left_join(
+                    role_policies::table.on(role_policies::tenant_id
+                        .eq(dsl::tenant_id)
+                        .and(role_policies::role_id.eq(dsl::role_id))),
+                )
+                .left_join(
                     policies::table.on(policies::tenant_id
                         .eq(role_policies::tenant_id)
                         .and(policies::id.eq(role_policies::policy_id))),
                 )
-                .filter(role_policies::tenant_id.eq(tenant.as_str()))
-                .filter(role_policies::role_id.eq_any(role_ids))
-                .order((role_policies::role_id, role_policies::position))
+                .filter(dsl::tenant_id.eq(tenant.as_str()))
+                .filter(dsl::user_id.eq(user_id))
+                .filter(dsl::status.eq("active"))
+                .filter(dsl::expires_at.is_null().or(dsl::expires_at.gt(now)))
+                .order((dsl::granted_at, dsl::id, role_policies::position))
                 .select((
-                    role_policies::role_id,
-                    policies::key,
-                    policies::allow,
-                    policies::deny,
+                    AssignmentRow::as_select(),
+                    roles::key,
+                    (policies::key, policies::allow, policies::deny).nullable(),
                 ))
                 .load(&mut conn)
                 .await?;
-            rows.into_iter()
-                .map(|(row, key)| {
-                    let role = row.role_id;
-                    let policies = rules
-                        .iter()
-                        .filter(|(r, ..)| *r == role)
-                        .map(|(_, k, allow, deny)| PolicyRules {
-                            key: k.clone(),
-                            allow: allow.clone(),
-                            deny: deny.clone(),
-                        })
-                        .collect();
-                    Ok(Grant {
-                        assignment: row.into_domain(key)?,
-                        policies,
-                    })
-                })
-                .collect()
+            let mut grants: Vec<Grant> = Vec::new();
+            for (row, role_key, policy) in rows {
+                if grants.last().is_none_or(|g| g.assignment.id != row.id) {
+                    grants.push(Grant {
+                        assignment: row.into_domain(role_key)?,
+                        policies: Vec::new(),
+                    });
+                }
+                if let (Some(grant), Some((key, allow, deny))) = (grants.last_mut(), policy) {
+                    grant.policies.push(PolicyRules { key, allow, deny });
+                }
+            }
+            Ok(grants)
         })
         .await
     }
