@@ -28,6 +28,10 @@ trap 'kill "${server:-0}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
 echo "== seeding 100,000 customers into $DB"
 eval "$($LOAD seed --database-url "$URL" --tenant $T --customers 100000)"   # sets r1k r10k spare
+$LOAD seed-authz --database-url "$URL" --tenant authz >/dev/null
+# Settle the fresh rows first, so background vacuum and checkpoints do not land on
+# whichever measurement comes first.
+$PSQL -c "VACUUM ANALYZE" && $PSQL -c "CHECKPOINT"
 
 PGDATABASE=$DB GCDR_LISTEN_ADDR=$ADDR RUST_LOG=warn ./target/release/gcdr-data serve >"$tmp/server.log" 2>&1 &
 server=$!
@@ -90,7 +94,6 @@ echo "raw single UPDATE of the same 10,001 rows (psql, rolled back), 3 runs: ${r
 
 echo
 echo "== AuthorizationService.Check at $CONC in flight (user with 5 assignments, 10,001-customer tenant)"
-$LOAD seed-authz --database-url "$URL" --tenant authz >/dev/null
 $LOAD run --addr http://$ADDR --tenant authz --op check --concurrency "$CONC" --connections 1 --seconds "$DUR"
 
 echo
