@@ -9,7 +9,8 @@
 //! | `PGDATABASE` | `gcdr` | database (created at start-up when missing) |
 //! | `PGUSER` | `postgres` | user |
 //! | `PGPASSWORD` | — | password |
-//! | `PGSSL` | `false` | `true` requires TLS; not supported yet (start-up fails clearly) |
+//! | `PGSSL` | `false` | `true`: TLS to PostgreSQL, verifying the server's certificate and name |
+//! | `PGSSLROOTCERT` | Mozilla roots | PEM bundle of the CAs to trust (e.g. the RDS bundle) |
 //! | `GCDR_DB_POOL_SIZE` | `16` | most pooled connections |
 //! | `GCDR_DB_POOL_MIN_IDLE` | `2` | idle connections kept open |
 //! | `GCDR_DB_ACQUIRE_TIMEOUT_MS` | `5000` | wait for a pooled connection before UNAVAILABLE |
@@ -26,7 +27,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::storage::postgres::PoolConfig;
+use crate::storage::postgres::{PoolConfig, TlsSettings};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,12 +76,12 @@ impl Config {
         let listen_addr = listen_addr
             .parse()
             .with_context(|| format!("GCDR_LISTEN_ADDR={listen_addr:?} is not host:port"))?;
-        if flag("PGSSL", false)? {
-            bail!(
-                "PGSSL=true: TLS to PostgreSQL is not supported yet; connect through a TLS-terminating proxy \
-                 (RDS Proxy, pgBouncer) on a private network"
-            );
-        }
+        let tls = if flag("PGSSL", false)? {
+            let root = get("PGSSLROOTCERT").map(std::path::PathBuf::from);
+            Some(TlsSettings::new(root.as_deref())?)
+        } else {
+            None
+        };
         let database_url = match get("DATABASE_URL") {
             Some(url) => url,
             None => {
@@ -109,6 +110,7 @@ impl Config {
             Some(other) => bail!("GCDR_LOG_FORMAT={other:?}: expected text or json"),
         };
         let pool = PoolConfig {
+            tls,
             max_size: u32::try_from(num("GCDR_DB_POOL_SIZE", 16)?.max(1)).unwrap_or(u32::MAX),
             min_idle: Some(u32::try_from(num("GCDR_DB_POOL_MIN_IDLE", 2)?).unwrap_or(u32::MAX)),
             acquire_timeout: Duration::from_millis(num("GCDR_DB_ACQUIRE_TIMEOUT_MS", 5000)?.max(1)),
@@ -185,6 +187,8 @@ mod tests {
         assert_eq!(c.database_url, "postgres://x@y/z");
         assert!(config(&[("PGPORT", "abc")]).is_err());
         assert!(config(&[("GCDR_LOG_FORMAT", "xml")]).is_err());
-        assert!(config(&[("PGSSL", "true")]).is_err());
+        assert!(config(&[("PGSSL", "true"), ("PGSSLROOTCERT", "/nonexistent.pem")]).is_err());
+        assert!(config(&[("PGSSL", "true")]).unwrap().pool.tls.is_some());
+        assert!(config(&[("PGSSL", "maybe")]).is_err());
     }
 }

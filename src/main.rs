@@ -40,7 +40,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         gcdr_data::telemetry::init(config.log_format, config.otlp_endpoint.as_deref())?;
     match cli.command {
         Command::Migrate => {
-            let applied = postgres::migrate(&config.database_url)
+            let applied = postgres::migrate_with(&config.database_url, config.pool.tls.as_ref())
                 .await
                 .context("migrate")?;
             tracing::info!(migrations.applied = applied.len(), "database is up to date");
@@ -56,7 +56,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         // Retry while PostgreSQL is still starting (containers, CI).
         let mut attempt = 0;
         loop {
-            match postgres::migrate(&config.database_url).await {
+            match postgres::migrate_with(&config.database_url, config.pool.tls.as_ref()).await {
                 Ok(applied) => {
                     tracing::info!(migrations.applied = applied.len(), "database is up to date");
                     break;

@@ -145,3 +145,85 @@ async fn shutdown_reports_not_serving_and_stops_the_server_cleanly() {
         .expect("server stops promptly");
     result.unwrap().expect("clean exit");
 }
+
+/// The certificate Debian's PostgreSQL serves (CN and SAN `localhost`).
+const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgssl_connects_over_verified_tls_and_refuses_an_untrusted_server() {
+    use diesel_async::RunQueryDsl;
+    use gcdr_data::storage::postgres::{PgStore, PoolConfig, TlsSettings, establish};
+    assert!(
+        std::path::Path::new(SNAKEOIL).exists(),
+        "{SNAKEOIL} is missing: the test PostgreSQL must serve TLS with Debian's snakeoil certificate (ssl = on)"
+    );
+    let db_url = fresh_database().await;
+    let tls_url = db_url.replace("@127.0.0.1:", "@localhost:");
+    let tls = TlsSettings::new(Some(std::path::Path::new(SNAKEOIL))).unwrap();
+
+    #[derive(diesel::QueryableByName)]
+    struct Ssl {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        ssl: bool,
+    }
+    let mut conn = establish(&tls_url, Some(&tls))
+        .await
+        .expect("TLS connection");
+    let row: Vec<Ssl> =
+        diesel::sql_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .load(&mut conn)
+            .await
+            .unwrap();
+    assert!(row[0].ssl, "the session is not encrypted");
+
+    // The whole server over TLS.
+    let pool = PoolConfig {
+        tls: Some(tls),
+        ..PoolConfig::default()
+    };
+    let store =
+        gcdr_data::storage::Store::postgres(PgStore::connect(&tls_url, &pool).await.unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(gcdr_data::grpc::serve(
+        listener,
+        store,
+        Duration::from_millis(100),
+        std::future::pending(),
+    ));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut customers = gcdr_data::pb::customer_service_client::CustomerServiceClient::new(channel);
+    let created = customers
+        .create_customer(req(
+            "t",
+            pb::CreateCustomerRequest {
+                customer: Some(customer("over tls", None)),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let got = customers
+        .get_customer(req("t", pb::GetCustomerRequest { id: created.id }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.name, "over tls");
+
+    // Trusting only the public roots, the self-signed server is refused.
+    let public = TlsSettings::new(None).unwrap();
+    assert!(
+        establish(&tls_url, Some(&public)).await.is_err(),
+        "an untrusted certificate was accepted"
+    );
+    // And the name is checked: the certificate is for localhost, not 127.0.0.1.
+    let by_ip = TlsSettings::new(Some(std::path::Path::new(SNAKEOIL))).unwrap();
+    assert!(
+        establish(&db_url, Some(&by_ip)).await.is_err(),
+        "a certificate for another name was accepted"
+    );
+}

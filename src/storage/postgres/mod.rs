@@ -14,6 +14,7 @@ mod partners;
 mod policies;
 mod roles;
 pub mod schema;
+mod tls;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -22,19 +23,22 @@ use async_trait::async_trait;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use super::{HealthProbe, StoreError, StoreResult};
 
 pub use hierarchy::customer_descendants_sql;
+pub use tls::{TlsSettings, establish};
 
 /// The schema migrations, embedded in the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
-/// Pool settings.
+/// Pool and connection settings.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
+    /// TLS to PostgreSQL; `None`: plain TCP or a unix socket.
+    pub tls: Option<TlsSettings>,
     pub max_size: u32,
     pub min_idle: Option<u32>,
     /// How long a call waits for a free connection before failing UNAVAILABLE.
@@ -46,6 +50,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
+            tls: None,
             max_size: 16,
             min_idle: Some(2),
             acquire_timeout: Duration::from_secs(5),
@@ -67,10 +72,12 @@ impl PgStore {
     /// database is down (health then reports NOT_SERVING until it comes back).
     pub async fn connect(url: &str, cfg: &PoolConfig) -> anyhow::Result<Self> {
         let timeout_ms = cfg.statement_timeout.as_millis();
+        let tls = cfg.tls.clone();
         let mut manager_cfg = diesel_async::pooled_connection::ManagerConfig::default();
         manager_cfg.custom_setup = Box::new(move |url| {
+            let tls = tls.clone();
             Box::pin(async move {
-                let mut conn = AsyncPgConnection::establish(url).await?;
+                let mut conn = establish(url, tls.as_ref()).await?;
                 diesel::sql_query(format!("SET statement_timeout = {timeout_ms}"))
                     .execute(&mut conn)
                     .await
@@ -199,12 +206,17 @@ fn unique_violation(constraint: &str) -> Option<StoreError> {
 
 /// Applies the embedded migrations, creating the database first when it is missing.
 pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
-    create_database_if_missing(url).await?;
-    let url = url.to_owned();
+    migrate_with(url, None).await
+}
+
+/// `migrate`, over TLS when `tls` is set.
+pub async fn migrate_with(url: &str, tls: Option<&TlsSettings>) -> anyhow::Result<Vec<String>> {
+    create_database_if_missing(url, tls).await?;
+    let conn = establish(url, tls).await?;
     tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
         type Wrapper =
             diesel_async::async_connection_wrapper::AsyncConnectionWrapper<AsyncPgConnection>;
-        let mut conn = <Wrapper as diesel::Connection>::establish(&url)?;
+        let mut conn = Wrapper::from(conn);
         let applied = conn
             .run_pending_migrations(MIGRATIONS)
             .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
@@ -215,19 +227,20 @@ pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
 
 /// Creates the database named in `url` when it does not exist (connecting to the
 /// `postgres` maintenance database of the same server).
-pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
-    if AsyncPgConnection::establish(url).await.is_ok() {
+pub async fn create_database_if_missing(
+    url: &str,
+    tls: Option<&TlsSettings>,
+) -> anyhow::Result<()> {
+    if establish(url, tls).await.is_ok() {
         return Ok(());
     }
     let (admin_url, db) = split_database(url)?;
-    let mut conn = AsyncPgConnection::establish(&admin_url)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot connect to PostgreSQL at {}: {e}",
-                redact(&admin_url)
-            )
-        })?;
+    let mut conn = establish(&admin_url, tls).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to PostgreSQL at {}: {e}",
+            redact(&admin_url)
+        )
+    })?;
     let quoted = format!("\"{}\"", db.replace('"', "\"\""));
     match diesel::sql_query(format!("CREATE DATABASE {quoted}"))
         .execute(&mut conn)
