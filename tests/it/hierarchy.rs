@@ -392,3 +392,30 @@ async fn the_descendants_query_is_served_by_the_path_index() {
         "descendants must not scan the table:\n{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subtree_read_is_cut_at_the_node_limit_and_says_so() {
+    use gcdr_data::domain::{CustomerId, TenantId};
+    use gcdr_data::storage::postgres::{PgStore, PoolConfig};
+    let s = TestServer::start().await;
+    let root = create_customer(&s, T, "root", None).await;
+    for name in ["a", "b"] {
+        create_customer(&s, T, name, Some(&root.id)).await;
+    }
+    let store = PgStore::connect(&s.db_url, &PoolConfig::default())
+        .await
+        .unwrap();
+    let tenant = TenantId::parse(T).unwrap();
+    let id = CustomerId::parse(&root.id).unwrap();
+    let customers: &dyn gcdr_data::storage::CustomerStore = &store;
+    let whole = customers.subtree(&tenant, id, 5, 3).await.unwrap();
+    assert_eq!(
+        (whole.nodes.len(), whole.truncated),
+        (3, false),
+        "exactly at the limit is whole"
+    );
+    create_customer(&s, T, "c", Some(&root.id)).await;
+    let cut = customers.subtree(&tenant, id, 5, 3).await.unwrap();
+    assert_eq!((cut.nodes.len(), cut.truncated), (3, true));
+    assert_eq!(cut.nodes[0].name, "root");
+}

@@ -482,7 +482,11 @@ impl AssetStore for PgStore {
             )
             .load(&mut conn)
             .await?;
+            // At most `limit` nodes with the top one: `limit - 1` descendants, and the
+            // one more that was read only says the subtree was cut off.
             let truncated = rows.len() >= limit;
+            let mut rows = rows;
+            rows.truncate(limit.saturating_sub(1));
             let mut nodes = vec![top.into_domain()?];
             nodes.extend(rows_into(rows)?);
             Ok(Subtree { nodes, truncated })
