@@ -2,9 +2,9 @@
 
 use tonic::{Request, Response, Status};
 
+use super::convert::uuid;
 use super::convert::{self, access as conv};
 use super::ctx;
-use super::policy::uuid;
 use super::status::{finish, invalid};
 use crate::domain::access::requests::{AssignmentFilter, NewAssignment};
 use crate::domain::{Actor, Violations};

@@ -3,9 +3,9 @@
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use super::convert::uuid;
 use super::convert::{self, partner as conv};
 use super::ctx;
-use super::policy::uuid;
 use super::status::{finish, invalid};
 use crate::domain::Violations;
 use crate::domain::partner::{LifecycleAction, NewApiKey, NewOAuthClient, NewWebhook};

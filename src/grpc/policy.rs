@@ -1,8 +1,8 @@
 //! `gcdr.v1.PolicyService`.
 
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
+use super::convert::uuid;
 use super::convert::{self, access as conv};
 use super::ctx;
 use super::status::{finish, invalid};
@@ -22,17 +22,6 @@ impl PolicyServiceHandler {
     pub fn new(store: Store) -> Self {
         Self { store }
     }
-}
-
-/// Parses an entity id field into a UUID.
-pub(super) fn uuid(v: &mut Violations, field: &str, s: &str) -> Option<Uuid> {
-    convert::id(v, field, s, |s| {
-        if s.len() == 36 {
-            Uuid::parse_str(s).ok()
-        } else {
-            None
-        }
-    })
 }
 
 /// Validates the filters and page of ListRoles / ListPolicies.

@@ -2,9 +2,10 @@
 
 use tonic::{Request, Response, Status};
 
+use super::convert::uuid;
 use super::convert::{self, access as conv};
 use super::ctx;
-use super::policy::{access_list, uuid};
+use super::policy::access_list;
 use super::status::{finish, invalid};
 use crate::domain::Violations;
 use crate::pb;

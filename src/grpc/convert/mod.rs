@@ -35,6 +35,18 @@ pub fn id<T>(
     parsed
 }
 
+/// Parses a required id field of an entity without an id newtype (roles, policies,
+/// assignments, partners and their credentials).
+pub fn uuid(v: &mut Violations, field: &str, value: &str) -> Option<uuid::Uuid> {
+    id(v, field, value, |s| {
+        if s.len() == 36 {
+            uuid::Uuid::parse_str(s).ok()
+        } else {
+            None
+        }
+    })
+}
+
 /// Parses an optional id field.
 pub fn opt_id<T>(
     v: &mut Violations,
