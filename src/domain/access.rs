@@ -208,27 +208,45 @@ impl CheckOutcome {
     }
 }
 
-/// The policies of the grants that apply to the resource, each once, in order.
-pub fn applicable_policies<'a>(
+/// The grants whose scope applies to the resource.
+pub fn applicable_grants<'a>(
     grants: &'a [Grant],
     resource: &str,
     ancestry: &[String],
-) -> Option<Vec<&'a PolicyRules>> {
-    let applicable: Vec<&Grant> = grants
+) -> Vec<&'a Grant> {
+    grants
         .iter()
         .filter(|g| scope_applies(&g.assignment.scope, resource, ancestry))
-        .collect();
-    if applicable.is_empty() {
-        return None;
-    }
+        .collect()
+}
+
+/// The policies of `grants`, each once, in order.
+pub fn distinct_policies<'a>(grants: &[&'a Grant]) -> Vec<&'a PolicyRules> {
     let mut seen = std::collections::HashSet::new();
-    Some(
-        applicable
-            .iter()
-            .flat_map(|g| &g.policies)
-            .filter(|p| seen.insert(p.key.as_str()))
-            .collect(),
-    )
+    grants
+        .iter()
+        .flat_map(|g| &g.policies)
+        .filter(|p| seen.insert(p.key.as_str()))
+        .collect()
+}
+
+/// The permission patterns held through `grants`: (allowed, denied), each pattern once in
+/// policy order. A pattern that some policy denies verbatim is not listed as allowed.
+pub fn effective_patterns(grants: &[&Grant]) -> (Vec<String>, Vec<String>) {
+    let policies = distinct_policies(grants);
+    let mut denied: Vec<String> = Vec::new();
+    for d in policies.iter().flat_map(|p| &p.deny) {
+        if !denied.contains(d) {
+            denied.push(d.clone());
+        }
+    }
+    let mut allowed: Vec<String> = Vec::new();
+    for a in policies.iter().flat_map(|p| &p.allow) {
+        if !allowed.contains(a) && !denied.contains(a) {
+            allowed.push(a.clone());
+        }
+    }
+    (allowed, denied)
 }
 
 /// Evaluates one permission: deny overrides allow across every applicable policy.
@@ -238,13 +256,15 @@ pub fn check(
     resource: &str,
     ancestry: &[String],
 ) -> CheckOutcome {
-    let Some(policies) = applicable_policies(grants, resource, ancestry) else {
+    let applicable = applicable_grants(grants, resource, ancestry);
+    if applicable.is_empty() {
         return CheckOutcome {
             decision: Decision::NoAssignment,
             reason: "No active role assignments found for this scope".into(),
             matched_policies: Vec::new(),
         };
-    };
+    }
+    let policies = distinct_policies(&applicable);
     let matches = |patterns: &[String]| patterns.iter().any(|p| pattern_matches(p, permission));
     let allowing: Vec<String> = policies
         .iter()

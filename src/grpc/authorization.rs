@@ -166,34 +166,10 @@ impl AuthorizationService for AuthorizationServiceHandler {
             ),
         };
         let applicable: Vec<&Grant> = match &resource {
-            Some(r) => grants
-                .iter()
-                .filter(|g| access::scope_applies(&g.assignment.scope, r, &ancestry))
-                .collect(),
+            Some(r) => access::applicable_grants(&grants, r, &ancestry),
             None => grants.iter().collect(),
         };
-        let mut seen = std::collections::HashSet::new();
-        let policies: Vec<_> = applicable
-            .iter()
-            .flat_map(|g| &g.policies)
-            .filter(|p| seen.insert(p.key.clone()))
-            .collect();
-        let mut denied: Vec<String> = Vec::new();
-        let mut allowed: Vec<String> = Vec::new();
-        for p in &policies {
-            for d in &p.deny {
-                if !denied.contains(d) {
-                    denied.push(d.clone());
-                }
-            }
-        }
-        for p in &policies {
-            for a in &p.allow {
-                if !allowed.contains(a) && !denied.contains(a) {
-                    allowed.push(a.clone());
-                }
-            }
-        }
+        let (allowed, denied) = access::effective_patterns(&applicable);
         let now = chrono::Utc::now();
         let assignments = applicable
             .into_iter()

@@ -465,3 +465,32 @@ mod seed {
         );
     }
 }
+
+#[test]
+fn effective_patterns_list_each_pattern_once_and_never_a_denied_one_as_allowed() {
+    let energy = grant("energy", "*");
+    let tech = grant("tech", "*");
+    let (allowed, denied) = effective_patterns(&[&energy, &tech, &energy]);
+    assert_eq!(
+        allowed,
+        [
+            "energy.*.*",
+            "*.*.read",
+            "*.*.list",
+            "energy.settings.read",
+            "energy.devices.read",
+            "customers.hierarchy.read"
+        ]
+    );
+    assert_eq!(
+        denied,
+        ["*.*.delete", "identity.*", "customers.hierarchy.update"]
+    );
+    let both = rules("p", &["a.b.c", "x.y.z"], &["a.b.c"]);
+    let mut g = grant("admin", "*");
+    g.policies = vec![both];
+    assert_eq!(
+        effective_patterns(&[&g]),
+        (vec!["x.y.z".to_owned()], vec!["a.b.c".to_owned()])
+    );
+}
