@@ -171,6 +171,15 @@ impl AssignmentStore for PgStore {
         self.timed("assignments.revoke", async {
             let mut conn = self.conn().await?;
             conn.transaction(async |conn| {
+                // Lock the row, so concurrent revokes serialize: the second sees NOT_ACTIVE.
+                dsl::role_assignments
+                    .find((ctx.tenant.as_str(), id))
+                    .select(dsl::id)
+                    .for_update()
+                    .first::<Uuid>(conn)
+                    .await
+                    .optional()?
+                    .ok_or(NOT_FOUND)?;
                 let current = find(conn, &ctx.tenant, id).await?;
                 let now = Utc::now();
                 if !current.in_force(now) {
@@ -180,8 +189,7 @@ impl AssignmentStore for PgStore {
                     });
                 }
                 let actor = ctx.actor.as_str();
-                let updated = diesel::update(dsl::role_assignments.find((ctx.tenant.as_str(), id)))
-                    .filter(dsl::version.eq(current.version))
+                diesel::update(dsl::role_assignments.find((ctx.tenant.as_str(), id)))
                     .set((
                         dsl::status.eq("inactive"),
                         dsl::revoked_by.eq(actor),
@@ -190,14 +198,10 @@ impl AssignmentStore for PgStore {
                         dsl::updated_at.eq(now),
                         dsl::updated_by.eq(actor),
                     ))
-                    .execute(conn)
-                    .await?;
-                if updated == 0 {
-                    return Err(StoreError::Unavailable(
-                        "the assignment changed concurrently; retry".into(),
-                    ));
-                }
-                find(conn, &ctx.tenant, id).await
+                    .returning(AssignmentRow::as_returning())
+                    .get_result(conn)
+                    .await?
+                    .into_domain(current.role_key)
             })
             .await
         })
