@@ -217,6 +217,19 @@ impl LifecycleAction {
     }
 }
 
+/// Everything stored of one partner, the hashes of its secrets included: the unit a
+/// replica copies between stores. Never leaves the service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartnerRecord {
+    pub partner: Partner,
+    /// Each API key with its `keyHash`.
+    pub api_keys: Vec<(ApiKey, String)>,
+    /// Each OAuth client with its `clientSecretHash`.
+    pub oauth_clients: Vec<(OAuthClient, String)>,
+    /// Each webhook with its `secretHash`.
+    pub webhooks: Vec<(Webhook, String)>,
+}
+
 /// Whether a partner may hold credentials.
 pub fn may_hold_credentials(status: PartnerStatus) -> bool {
     matches!(status, PartnerStatus::Approved | PartnerStatus::Active)

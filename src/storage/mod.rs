@@ -4,6 +4,7 @@
 //! The gRPC layer never sees a backend type: a DynamoDB store or a routing switch can
 //! stand behind the same traits without any change above this module.
 
+pub mod dynamodb;
 pub mod postgres;
 
 use std::sync::Arc;
@@ -406,4 +407,44 @@ pub trait PartnerStore: Send + Sync {
     ) -> StoreResult<Webhook>;
     async fn list_webhooks(&self, tenant: &TenantId, partner: Uuid) -> StoreResult<Vec<Webhook>>;
     async fn delete_webhook(&self, ctx: &Ctx, partner: Uuid, webhook: Uuid) -> StoreResult<()>;
+}
+
+/// A page token whose key does not fit the listing it was presented to.
+pub(crate) fn bad_cursor() -> StoreError {
+    StoreError::InvalidArgument {
+        field: "page_token",
+        message: "does not belong to this listing".into(),
+    }
+}
+
+/// The first of `base`, `base-2`, `base-3`, ... that is not in `taken`.
+pub(crate) fn first_free_code(base: &str, taken: &[String]) -> String {
+    if !taken.iter().any(|t| t == base) {
+        return base.to_owned();
+    }
+    (2..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|c| !taken.contains(c))
+        .expect("an unbounded range always has a free code")
+}
+
+/// `Conflict` when an expected version was given and differs from the stored one.
+pub(crate) fn check_version(expected: Option<i64>, actual: i64) -> StoreResult<()> {
+    match expected {
+        Some(expected) if expected != actual => Err(StoreError::Conflict { expected, actual }),
+        _ => Ok(()),
+    }
+}
+
+/// The ancestor ids embedded in a path, root first, after skipping `skip` leading
+/// segments (the tenant, and for assets the customer) and the node itself.
+pub(crate) fn ancestor_ids(path: &str, skip: usize) -> Vec<uuid::Uuid> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let end = segments.len().saturating_sub(1);
+    segments
+        .get(skip..end)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| uuid::Uuid::parse_str(s).ok())
+        .collect()
 }

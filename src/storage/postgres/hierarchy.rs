@@ -116,15 +116,4 @@ pub(super) async fn rewrite_descendants(
         .await?)
 }
 
-/// The ancestor ids embedded in a path, root first, after skipping `skip` leading
-/// segments (the tenant, and for assets the customer) and the node itself.
-pub(super) fn ancestor_ids(path: &str, skip: usize) -> Vec<uuid::Uuid> {
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let end = segments.len().saturating_sub(1);
-    segments
-        .get(skip..end)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|s| uuid::Uuid::parse_str(s).ok())
-        .collect()
-}
+pub(super) use crate::storage::ancestor_ids;

@@ -27,6 +27,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use super::{HealthProbe, StoreError, StoreResult};
+use super::{bad_cursor, check_version, first_free_code};
 
 pub use hierarchy::customer_descendants_sql;
 pub use tls::{TlsSettings, establish};
@@ -286,33 +287,6 @@ pub fn redact(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
-    }
-}
-
-/// A page token whose key does not fit the listing it was presented to.
-fn bad_cursor() -> StoreError {
-    StoreError::InvalidArgument {
-        field: "page_token",
-        message: "does not belong to this listing".into(),
-    }
-}
-
-/// The first of `base`, `base-2`, `base-3`, ... that is not in `taken`.
-fn first_free_code(base: &str, taken: &[String]) -> String {
-    if !taken.iter().any(|t| t == base) {
-        return base.to_owned();
-    }
-    (2..)
-        .map(|n| format!("{base}-{n}"))
-        .find(|c| !taken.contains(c))
-        .expect("an unbounded range always has a free code")
-}
-
-/// `Conflict` when an expected version was given and differs from the stored one.
-fn check_version(expected: Option<i64>, actual: i64) -> StoreResult<()> {
-    match expected {
-        Some(expected) if expected != actual => Err(StoreError::Conflict { expected, actual }),
-        _ => Ok(()),
     }
 }
 

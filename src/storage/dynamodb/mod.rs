@@ -1,0 +1,573 @@
+//! The legacy DynamoDB backend: `DynamoStore` implements every store trait on the
+//! legacy tables exactly as the old Node code laid them out (contract §0.7, §1, §2):
+//! one table per entity named `gcdr-<entity>-<stage>`, key `tenantId`/`id`, the legacy
+//! GSIs, camelCase attributes, ISO millisecond `Z` timestamps, numeric versions.
+//!
+//! Reading is lenient where legacy data is: a root's parent attribute may be absent or
+//! NULL, optional attributes absent or NULL, assignment statuses lowercase. Writing is
+//! strict: an optional value that is unset is omitted (never NULL, so no GSI key
+//! attribute is ever NULL), and every write is conditional on the version read.
+//!
+//! Base-table reads are strongly consistent (legacy read eventually consistent); GSI
+//! queries cannot be, so a listing through an index may lag a write by a moment.
+
+// mod access;
+// mod assets;
+mod customers;
+// mod devices;
+mod item;
+// mod partners;
+mod tables;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::{HealthProbe, StoreError, StoreResult};
+use super::{bad_cursor, check_version, first_free_code};
+
+pub use item::{Item, ItemReader, ItemWriter, from_attr, to_attr};
+pub use tables::{TableNames, create_tables, delete_tables};
+
+/// Connection settings of the DynamoDB backend.
+#[derive(Clone, Debug)]
+pub struct DynamoConfig {
+    /// `DYNAMODB_ENDPOINT`: an emulator's URL; `None` for AWS itself.
+    pub endpoint: Option<String>,
+    /// `AWS_REGION`, legacy default `sa-east-1`.
+    pub region: String,
+    pub tables: TableNames,
+}
+
+/// The DynamoDB store.
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    tables: TableNames,
+}
+
+impl DynamoStore {
+    /// Builds the client. Credentials come from the usual AWS chain (environment,
+    /// profile, instance role); against an emulator without any, static dummy ones
+    /// are used.
+    pub async fn connect(cfg: &DynamoConfig) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(cfg.region.clone()));
+        if let Some(endpoint) = &cfg.endpoint {
+            loader = loader.endpoint_url(endpoint);
+            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+                loader = loader.credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                    "local", "local", None, None, "gcdr-static",
+                ));
+            }
+        }
+        let shared = loader.load().await;
+        let conf = aws_sdk_dynamodb::config::Builder::from(&shared)
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::standard())
+            .timeout_config(
+                aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(std::time::Duration::from_secs(5))
+                    .connect_timeout(std::time::Duration::from_secs(2))
+                    .build(),
+            )
+            .build();
+        Self {
+            client: Client::from_conf(conf),
+            tables: cfg.tables.clone(),
+        }
+    }
+
+    /// The SDK client (for table management and tests).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The table names in use.
+    pub fn tables(&self) -> &TableNames {
+        &self.tables
+    }
+
+    /// Runs one store operation: times it and logs a failure once, labelled by `op`.
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let start = Instant::now();
+        let result = fut.await;
+        let duration_ms = start.elapsed().as_secs_f64() * 1e3;
+        match &result {
+            Ok(_) => tracing::trace!(db.system = "dynamodb", db.operation = op, duration_ms),
+            Err(StoreError::Internal(e)) => tracing::error!(
+                db.system = "dynamodb",
+                db.operation = op,
+                duration_ms,
+                error = %e,
+                "store call failed"
+            ),
+            Err(StoreError::Unavailable(e)) => tracing::warn!(
+                db.system = "dynamodb",
+                db.operation = op,
+                duration_ms,
+                error = %e,
+                "store unavailable"
+            ),
+            Err(e) => tracing::debug!(
+                db.system = "dynamodb",
+                db.operation = op,
+                duration_ms,
+                error = %e,
+                "store call refused"
+            ),
+        }
+        result
+    }
+
+    /// Strongly consistent GetItem by `tenantId`/`id`.
+    async fn get_item(&self, table: &str, tenant: &str, id: &str) -> StoreResult<Option<Item>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(table)
+            .key("tenantId", s(tenant))
+            .key("id", s(id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        Ok(out.item)
+    }
+
+    /// Runs `q`, following `LastEvaluatedKey`, until `want` items passed its filter or
+    /// the key range is exhausted. Unlike legacy, a filter never truncates a page.
+    async fn query(&self, q: &Query, want: usize) -> StoreResult<Vec<Item>> {
+        let mut out = Vec::new();
+        let mut start = q.start.clone();
+        loop {
+            let mut req = self
+                .client
+                .query()
+                .table_name(&q.table)
+                .key_condition_expression(&q.key_condition)
+                .set_expression_attribute_values(Some(q.values.clone()))
+                .scan_index_forward(true)
+                .set_exclusive_start_key(start.take());
+            if !q.names.is_empty() {
+                req = req.set_expression_attribute_names(Some(q.names.clone()));
+            }
+            if let Some(index) = q.index {
+                req = req.index_name(index);
+            } else {
+                req = req.consistent_read(true);
+            }
+            if let Some(filter) = &q.filter {
+                req = req.filter_expression(filter);
+            }
+            let page = req.send().await.map_err(sdk_error)?;
+            out.extend(page.items.unwrap_or_default());
+            match page.last_evaluated_key {
+                Some(key) if out.len() < want && !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        out.truncate(want);
+        Ok(out)
+    }
+}
+
+/// One Query: key condition, optional filter and index, and where to start.
+#[derive(Clone, Debug)]
+struct Query {
+    table: String,
+    index: Option<&'static str>,
+    key_condition: String,
+    filter: Option<String>,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+    start: Option<Item>,
+}
+
+impl Query {
+    /// `tenantId = :t` on the base table (items in id order).
+    fn tenant(table: &str, tenant: &str) -> Self {
+        Self {
+            table: table.to_owned(),
+            index: None,
+            key_condition: "tenantId = :t".into(),
+            filter: None,
+            names: HashMap::new(),
+            values: HashMap::from([(":t".to_owned(), s(tenant))]),
+            start: None,
+        }
+    }
+
+    /// `tenantId = :t AND #k = :k` on `index`.
+    fn index_eq(table: &str, index: &'static str, tenant: &str, attr: &str, value: &str) -> Self {
+        Self {
+            table: table.to_owned(),
+            index: Some(index),
+            key_condition: "tenantId = :t AND #k = :k".into(),
+            filter: None,
+            names: HashMap::from([("#k".to_owned(), attr.to_owned())]),
+            values: HashMap::from([(":t".to_owned(), s(tenant)), (":k".to_owned(), s(value))]),
+            start: None,
+        }
+    }
+
+    /// `tenantId = :t AND begins_with(#k, :k)` on `index`.
+    fn index_prefix(
+        table: &str,
+        index: &'static str,
+        tenant: &str,
+        attr: &str,
+        prefix: &str,
+    ) -> Self {
+        let mut q = Self::index_eq(table, index, tenant, attr, prefix);
+        q.key_condition = "tenantId = :t AND begins_with(#k, :k)".into();
+        q
+    }
+
+    /// Adds a filter clause (ANDed with any before), with its placeholders.
+    fn and_filter(
+        &mut self,
+        clause: &str,
+        names: &[(&str, &str)],
+        values: Vec<(&str, AttributeValue)>,
+    ) {
+        self.filter = Some(match self.filter.take() {
+            Some(f) => format!("({f}) AND ({clause})"),
+            None => clause.to_owned(),
+        });
+        for (k, v) in names {
+            self.names.insert((*k).to_owned(), (*v).to_owned());
+        }
+        for (k, v) in values {
+            self.values.insert(k.to_owned(), v);
+        }
+    }
+
+    /// Adds `#a = :a` for an optional string filter.
+    fn filter_eq(&mut self, attr: &str, value: Option<&str>) {
+        if let Some(v) = value {
+            let name = format!("#f{}", self.names.len());
+            let val = format!(":f{}", self.values.len());
+            self.and_filter(
+                &format!("{name} = {val}"),
+                &[(&name, attr)],
+                vec![(&val, s(v))],
+            );
+        }
+    }
+}
+
+/// A string attribute.
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+/// A number attribute.
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// The key of one item.
+fn key(tenant: &str, id: &str) -> Item {
+    HashMap::from([("tenantId".to_owned(), s(tenant)), ("id".to_owned(), s(id))])
+}
+
+/// True when a write failed on its condition (the item changed or exists).
+fn is_condition_failure<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    e.as_service_error()
+        .and_then(|se| se.code())
+        .is_some_and(|c| c == "ConditionalCheckFailedException")
+}
+
+/// Why a TransactWriteItems was cancelled, per item (`None` when it ran).
+fn cancellation_codes(
+    e: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError>,
+) -> Option<Vec<String>> {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError as E;
+    match e.as_service_error()? {
+        E::TransactionCanceledException(t) => Some(
+            t.cancellation_reasons()
+                .iter()
+                .map(|r| r.code().unwrap_or("None").to_owned())
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Maps an SDK failure: throttling, timeouts and transport errors are `Unavailable`
+/// (the caller may retry), everything else `Internal`.
+fn sdk_error<E, R>(e: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match &e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
+            StoreError::Unavailable(format!("DynamoDB unreachable: {e}"))
+        }
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or_default().to_owned();
+            match code.as_str() {
+                "ProvisionedThroughputExceededException"
+                | "ThrottlingException"
+                | "RequestLimitExceeded"
+                | "InternalServerError"
+                | "ServiceUnavailable"
+                | "TransactionConflictException" => {
+                    StoreError::Unavailable(format!("DynamoDB {code}; retry"))
+                }
+                "ResourceNotFoundException" => StoreError::Unavailable(format!(
+                    "DynamoDB table missing ({}); run `gcdr-data dynamodb create-tables`",
+                    se.err().message().unwrap_or_default()
+                )),
+                _ => StoreError::Internal(
+                    format!(
+                        "DynamoDB {code}: {}",
+                        se.err().message().unwrap_or_default()
+                    )
+                    .into(),
+                ),
+            }
+        }
+        SdkError::ResponseError(_) => StoreError::Unavailable(format!("DynamoDB response: {e}")),
+        _ => StoreError::Internal(Box::new(e)),
+    }
+}
+
+#[async_trait]
+impl HealthProbe for DynamoStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.client
+            .describe_table()
+            .table_name(&self.tables.customers)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        Ok(())
+    }
+}
+
+/// The most items one TransactWriteItems may carry.
+const TRANSACTION_LIMIT: usize = 100;
+
+/// The condition of an overwrite.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// The stored item has exactly this version.
+    Version(i64),
+    /// The item is absent or its stored version is not newer than the written one
+    /// (replication: never move a record backwards).
+    NotNewer(i64),
+}
+
+/// An UpdateItem that sets every non-key attribute of `item`, removes the attributes
+/// named in `clear` that `item` lacks, and keeps any attribute this service does not
+/// model (legacy items may carry more).
+#[derive(Clone, Debug)]
+struct Overwrite {
+    key: Item,
+    expression: String,
+    condition: String,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+impl Overwrite {
+    fn new(mut item: Item, clear: &[&str], expect: Expect) -> Self {
+        let key: Item = ["tenantId", "id"]
+            .iter()
+            .filter_map(|k| item.remove_entry(*k))
+            .collect();
+        let mut names = HashMap::new();
+        let mut values = HashMap::new();
+        let mut sets = Vec::new();
+        let mut attrs: Vec<_> = item.into_iter().collect();
+        attrs.sort_by(|a, b| a.0.cmp(&b.0));
+        for (i, (k, v)) in attrs.into_iter().enumerate() {
+            names.insert(format!("#a{i}"), k);
+            values.insert(format!(":a{i}"), v);
+            sets.push(format!("#a{i} = :a{i}"));
+        }
+        let present: Vec<String> = names.values().cloned().collect();
+        let removes: Vec<String> = clear
+            .iter()
+            .filter(|k| !present.iter().any(|n| n == *k))
+            .enumerate()
+            .map(|(i, k)| {
+                names.insert(format!("#r{i}"), (*k).to_owned());
+                format!("#r{i}")
+            })
+            .collect();
+        let mut expression = format!("SET {}", sets.join(", "));
+        if !removes.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
+        }
+        names.insert("#ver".into(), "version".into());
+        let condition = match expect {
+            Expect::Version(v) => {
+                values.insert(":expected".into(), n(v));
+                "attribute_exists(id) AND #ver = :expected".to_owned()
+            }
+            Expect::NotNewer(v) => {
+                values.insert(":incoming".into(), n(v));
+                "attribute_not_exists(id) OR #ver <= :incoming".to_owned()
+            }
+        };
+        Self {
+            key,
+            expression,
+            condition,
+            names,
+            values,
+        }
+    }
+
+    /// As one item of a TransactWriteItems.
+    fn transact_item(self, table: &str) -> StoreResult<aws_sdk_dynamodb::types::TransactWriteItem> {
+        let update = aws_sdk_dynamodb::types::Update::builder()
+            .table_name(table)
+            .set_key(Some(self.key))
+            .update_expression(self.expression)
+            .condition_expression(self.condition)
+            .set_expression_attribute_names(Some(self.names))
+            .set_expression_attribute_values(Some(self.values))
+            .build()
+            .map_err(|e| StoreError::Internal(Box::new(e)))?;
+        Ok(aws_sdk_dynamodb::types::TransactWriteItem::builder()
+            .update(update)
+            .build())
+    }
+}
+
+impl DynamoStore {
+    /// Runs one overwrite; `Ok(false)` when its condition failed.
+    async fn overwrite(&self, table: &str, w: Overwrite) -> StoreResult<bool> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(table)
+            .set_key(Some(w.key))
+            .update_expression(w.expression)
+            .condition_expression(w.condition)
+            .set_expression_attribute_names(Some(w.names))
+            .set_expression_attribute_values(Some(w.values))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(sdk_error(e)),
+        }
+    }
+
+    /// Puts a new item; `Ok(false)` when an item with its key exists.
+    async fn put_new(&self, table: &str, item: Item) -> StoreResult<bool> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(id)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(sdk_error(e)),
+        }
+    }
+
+    /// Deletes an item if its version is `version`; `Ok(false)` when it changed.
+    async fn delete_versioned(
+        &self,
+        table: &str,
+        tenant: &str,
+        id: &str,
+        version: i64,
+    ) -> StoreResult<bool> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(table)
+            .set_key(Some(key(tenant, id)))
+            .condition_expression("#ver = :v")
+            .expression_attribute_names("#ver", "version")
+            .expression_attribute_values(":v", n(version))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(sdk_error(e)),
+        }
+    }
+
+    /// True when a query on `index` for `attr = value` finds any item.
+    async fn exists_in_index(
+        &self,
+        table: &str,
+        index: &'static str,
+        tenant: &str,
+        attr: &str,
+        value: &str,
+    ) -> StoreResult<bool> {
+        let q = Query::index_eq(table, index, tenant, attr, value);
+        Ok(!self.query(&q, 1).await?.is_empty())
+    }
+
+    /// Runs writes in TransactWriteItems of at most 100, in order, the final chunk
+    /// full (so the last writes, e.g. a moved node, commit together with the 99
+    /// before them). Each chunk is atomic; the sequence is not.
+    async fn transact_chunks(
+        &self,
+        items: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
+    ) -> StoreResult<()> {
+        let first_len = match items.len() % TRANSACTION_LIMIT {
+            0 => TRANSACTION_LIMIT,
+            r => r,
+        };
+        let mut items = items.into_iter().peekable();
+        let mut first = true;
+        let mut take = first_len;
+        while items.peek().is_some() {
+            let chunk: Vec<_> = items.by_ref().take(take).collect();
+            take = TRANSACTION_LIMIT;
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(chunk))
+                .send()
+                .await;
+            match result {
+                Ok(_) => first = false,
+                Err(e) => {
+                    let concurrent = cancellation_codes(&e).is_some_and(|codes| {
+                        codes.iter().any(|c| c == "ConditionalCheckFailed")
+                    });
+                    return Err(match (concurrent, first) {
+                        (true, true) => StoreError::FailedPrecondition {
+                            reason: "CONCURRENT_HIERARCHY_CHANGE",
+                            message: "the subtree changed while it was being moved; retry".into(),
+                        },
+                        (true, false) => StoreError::FailedPrecondition {
+                            reason: "PARTIAL_MOVE",
+                            message: "the subtree changed while it was being moved; part of it \
+                                      was rewritten, retry the move to finish it"
+                                .into(),
+                        },
+                        (false, _) => sdk_error(e),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
