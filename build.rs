@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/gcdr/v1/role_assignment.proto",
         "proto/gcdr/v1/authorization.proto",
         "proto/gcdr/v1/partner.proto",
+        "proto/gcdr/v1/storage_admin.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("gcdr_descriptor.bin"))

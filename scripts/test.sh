@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/ensure-postgres.sh
+bash scripts/ensure-dynamodb.sh
 
 if ! command -v buf >/dev/null; then
   echo "test.sh: installing buf from the npm registry"

@@ -21,12 +21,25 @@
 //! | `GCDR_LOG_FORMAT` | `text` | `json` for one JSON object per line |
 //! | `RUST_LOG` | `info` | log filter |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | — | when set, traces are exported over OTLP/gRPC |
+//! | `GCDR_STORAGE_MODE` | `postgres` | global storage mode until one is persisted (`dynamodb`, `dual_dynamodb_primary`, `dual_postgres_primary`, `postgres`) |
+//! | `DYNAMODB_ENDPOINT` | — | DynamoDB endpoint (an emulator); setting it enables DynamoDB |
+//! | `GCDR_DYNAMODB` | `false` | `true`: enable DynamoDB at AWS's own endpoint |
+//! | `AWS_REGION` | `sa-east-1` | DynamoDB region (legacy default) |
+//! | `GCDR_STAGE` | `dev` | legacy table stage: `gcdr-<entity>-<stage>` |
+//! | `CUSTOMERS_TABLE` ... `ROLE_ASSIGNMENTS_TABLE` | — | legacy per-table name overrides |
+//! | `GCDR_ADMIN_TOKEN` | — | bearer token of StorageAdminService; unset: the admin API is off |
+//! | `GCDR_SHADOW_READ_RATE` | `0` | fraction (0..1) of get reads also read from the other store and compared |
+//! | `GCDR_MODE_POLL_MS` | `1000` | how often each replica re-reads the persisted mode |
+//! | `GCDR_SECONDARY_TIMEOUT_MS` | `2000` | budget of one secondary copy before it counts as failed |
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::app::StorageSettings;
+use crate::storage::dynamodb::{DynamoConfig, TableNames};
+use crate::storage::mode::StorageMode;
 use crate::storage::postgres::{PoolConfig, TlsSettings};
 
 /// Log output format.
@@ -48,6 +61,8 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// Tokio worker threads; `None`: one per core.
     pub worker_threads: Option<usize>,
+    /// The storage switch.
+    pub storage: StorageSettings,
 }
 
 impl Config {
@@ -116,7 +131,46 @@ impl Config {
             acquire_timeout: Duration::from_millis(num("GCDR_DB_ACQUIRE_TIMEOUT_MS", 5000)?.max(1)),
             statement_timeout: Duration::from_millis(num("GCDR_DB_STATEMENT_TIMEOUT_MS", 30_000)?),
         };
+        let default_mode = match get("GCDR_STORAGE_MODE") {
+            None => StorageMode::Postgres,
+            Some(m) => StorageMode::parse(&m).with_context(|| {
+                format!(
+                    "GCDR_STORAGE_MODE={m:?}: expected dynamodb, dual_dynamodb_primary, \
+                     dual_postgres_primary or postgres"
+                )
+            })?,
+        };
+        let endpoint = get("DYNAMODB_ENDPOINT");
+        let dynamodb =
+            (endpoint.is_some() || flag("GCDR_DYNAMODB", false)?).then(|| DynamoConfig {
+                endpoint,
+                region: get("AWS_REGION").unwrap_or_else(|| "sa-east-1".into()),
+                tables: TableNames::from_lookup(
+                    &get("GCDR_STAGE").unwrap_or_else(|| "dev".into()),
+                    &get,
+                ),
+            });
+        let shadow_rate = match get("GCDR_SHADOW_READ_RATE") {
+            None => 0.0,
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .with_context(|| format!("GCDR_SHADOW_READ_RATE={v:?}: expected 0..1"))?,
+        };
+        let storage = StorageSettings {
+            default_mode,
+            dynamodb,
+            admin_token: get("GCDR_ADMIN_TOKEN"),
+            shadow_rate,
+            mode_poll: Duration::from_millis(num("GCDR_MODE_POLL_MS", 1000)?.max(10)),
+            secondary_timeout: Duration::from_millis(
+                num("GCDR_SECONDARY_TIMEOUT_MS", 2000)?.max(1),
+            ),
+            ..StorageSettings::default()
+        };
         Ok(Self {
+            storage,
             listen_addr,
             database_url,
             pool,

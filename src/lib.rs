@@ -3,6 +3,7 @@
 //! `domain` holds the entities and their rules, `storage` the store traits and
 //! backends, `grpc` the tonic services; `config` and `telemetry` the process set-up.
 
+pub mod app;
 pub mod config;
 pub mod domain;
 pub mod grpc;

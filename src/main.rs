@@ -5,7 +5,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gcdr_data::config::Config;
-use gcdr_data::storage::Store;
 use gcdr_data::storage::postgres::{self, PgStore};
 
 /// The GCDR data-access service.
@@ -23,6 +22,54 @@ enum Command {
     Serve,
     /// Create the database if missing and apply pending migrations, then exit.
     Migrate,
+    /// The legacy DynamoDB tables (development and tests).
+    Dynamodb {
+        #[command(subcommand)]
+        command: DynamodbCommand,
+    },
+    /// Read or switch the storage mode of a running server (StorageAdminService;
+    /// needs GCDR_ADMIN_TOKEN).
+    Mode {
+        /// The server.
+        #[arg(long, env = "GCDR_ADDR", default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        #[command(subcommand)]
+        command: ModeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DynamodbCommand {
+    /// Create the missing legacy tables with their indexes (DYNAMODB_ENDPOINT,
+    /// AWS_REGION, GCDR_STAGE and the per-table overrides name them).
+    CreateTables,
+}
+
+#[derive(Subcommand)]
+enum ModeCommand {
+    /// Print the global mode and every tenant override.
+    Get {
+        /// Also print the mode in effect for this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Set the global mode, or one tenant's.
+    Set {
+        /// dynamodb | dual_dynamodb_primary | dual_postgres_primary | postgres
+        mode: Option<String>,
+        /// Only this tenant (an override).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Remove the tenant's override instead.
+        #[arg(long)]
+        clear: bool,
+        /// Allow skipping a phase.
+        #[arg(long)]
+        force: bool,
+        /// A note kept with the change.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,7 +94,107 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => serve(config).await,
+        Command::Dynamodb {
+            command: DynamodbCommand::CreateTables,
+        } => {
+            let cfg = config.storage.dynamodb.clone().context(
+                "DynamoDB is not configured: set DYNAMODB_ENDPOINT (or GCDR_DYNAMODB=true for AWS)",
+            )?;
+            let store = gcdr_data::storage::dynamodb::DynamoStore::connect(&cfg).await;
+            let created =
+                gcdr_data::storage::dynamodb::create_tables(store.client(), &cfg.tables).await?;
+            for t in cfg.tables.all() {
+                let state = if created.iter().any(|c| c == t) {
+                    "created"
+                } else {
+                    "exists"
+                };
+                println!("{t}\t{state}");
+            }
+            Ok(())
+        }
+        Command::Mode { addr, command } => mode_command(&addr, command, &config).await,
     }
+}
+
+/// `gcdr-data mode get|set` through StorageAdminService.
+async fn mode_command(addr: &str, command: ModeCommand, config: &Config) -> anyhow::Result<()> {
+    use gcdr_data::pb;
+    use gcdr_data::pb::storage_admin_service_client::StorageAdminServiceClient;
+    let token = config
+        .storage
+        .admin_token
+        .clone()
+        .context("set GCDR_ADMIN_TOKEN to the server's admin token")?;
+    let channel = tonic::transport::Channel::from_shared(addr.to_owned())?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach {addr}"))?;
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
+    let mut client =
+        StorageAdminServiceClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", bearer.clone());
+            Ok(r)
+        });
+    let name = |m: i32| {
+        pb::StorageMode::try_from(m)
+            .map(|m| {
+                m.as_str_name()
+                    .trim_start_matches("STORAGE_MODE_")
+                    .to_lowercase()
+            })
+            .unwrap_or_else(|_| format!("unknown({m})"))
+    };
+    let failed = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
+    match command {
+        ModeCommand::Get { tenant } => {
+            let r = client
+                .get_storage_mode(pb::GetStorageModeRequest {
+                    tenant_id: tenant.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            println!("global\t{}", name(r.global_mode));
+            for o in &r.tenant_overrides {
+                println!("tenant {}\t{}", o.tenant_id, name(o.mode));
+            }
+            if let Some(t) = tenant {
+                println!("effective for {t}\t{}", name(r.effective_mode));
+            }
+        }
+        ModeCommand::Set {
+            mode,
+            tenant,
+            clear,
+            force,
+            reason,
+        } => {
+            let mode = match (&mode, clear) {
+                (_, true) => 0,
+                (Some(m), false) => {
+                    let wanted = format!("STORAGE_MODE_{}", m.to_uppercase());
+                    pb::StorageMode::from_str_name(&wanted)
+                        .filter(|m| *m != pb::StorageMode::Unspecified)
+                        .with_context(|| format!("unknown mode {m:?}"))? as i32
+                }
+                (None, false) => anyhow::bail!("name a mode, or --clear with --tenant"),
+            };
+            let r = client
+                .set_storage_mode(pb::SetStorageModeRequest {
+                    mode,
+                    tenant_id: tenant.unwrap_or_default(),
+                    clear_override: clear,
+                    force,
+                    reason,
+                })
+                .await
+                .map_err(failed)?
+                .into_inner();
+            println!("{} -> {}", name(r.previous_mode), name(r.mode));
+        }
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -70,12 +217,29 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     }
-    let store = Store::postgres(PgStore::connect(&config.database_url, &config.pool).await?);
+    let pg = PgStore::connect(&config.database_url, &config.pool).await?;
+    let storage = gcdr_data::app::build_storage(pg, &config.storage).await?;
+    tracing::info!(
+        mode = %config.storage.default_mode,
+        dynamodb = config.storage.dynamodb.is_some(),
+        admin_api = config.storage.admin_token.is_some(),
+        "storage configured"
+    );
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("bind {}", config.listen_addr))?;
     tracing::info!(listen.addr = %listener.local_addr()?, "serving gRPC");
-    gcdr_data::grpc::serve(listener, store, config.health_interval, shutdown_signal()).await
+    let served = gcdr_data::grpc::serve(
+        listener,
+        storage.store,
+        Some(storage.admin),
+        config.health_interval,
+        shutdown_signal(),
+    )
+    .await;
+    // Finish the secondary copies still queued before exiting.
+    storage.replicator.flush().await;
+    served
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -2,6 +2,7 @@
 //! mapping in `status.rs`, and `serve()`, which wires services, health, reflection
 //! and graceful shutdown together.
 
+pub mod admin;
 pub mod asset;
 pub mod assignment;
 pub mod authorization;
@@ -76,6 +77,7 @@ pub fn ctx<T>(req: &Request<T>) -> Result<Ctx, Status> {
 pub async fn serve(
     listener: TcpListener,
     store: Store,
+    admin: Option<admin::AdminState>,
     health_interval: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -140,6 +142,11 @@ pub async fn serve(
         .add_service(pb::partner_service_server::PartnerServiceServer::new(
             partner::PartnerServiceHandler::new(store),
         ))
+        .add_optional_service(admin.map(|a| {
+            pb::storage_admin_service_server::StorageAdminServiceServer::new(
+                admin::StorageAdminHandler::new(a),
+            )
+        }))
         // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms tails).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal)
         .await;
@@ -155,10 +162,29 @@ async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// Probes the authoritative store every `interval` and reports SERVING only while it
-/// answers; recovers by itself when the store comes back.
+/// answers; recovers by itself when the store comes back. Each backend also has its
+/// own entry (`gcdr.storage.postgres`, `gcdr.storage.dynamodb`), which never affects
+/// the others.
 async fn watch_health(reporter: HealthReporter, store: Store, interval: Duration) {
     let mut last = None;
+    let mut last_probe = vec![None; store.probes.len()];
     loop {
+        for (i, (name, probe)) in store.probes.iter().enumerate() {
+            let ok = matches!(
+                tokio::time::timeout(interval.max(Duration::from_secs(1)), probe.ping()).await,
+                Ok(Ok(()))
+            );
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            if last_probe[i] != Some(status) {
+                tracing::info!(store = *name, ok, "store health changed");
+                reporter.set_service_status(*name, status).await;
+                last_probe[i] = Some(status);
+            }
+        }
         let ok = matches!(
             tokio::time::timeout(interval.max(Duration::from_secs(1)), store.health.ping()).await,
             Ok(Ok(()))

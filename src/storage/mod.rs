@@ -5,7 +5,10 @@
 //! stand behind the same traits without any change above this module.
 
 pub mod dynamodb;
+pub mod mode;
 pub mod postgres;
+pub mod replica;
+pub mod router;
 
 use std::sync::Arc;
 
@@ -245,10 +248,29 @@ pub struct Store {
     pub roles: Arc<dyn RoleStore>,
     pub assignments: Arc<dyn AssignmentStore>,
     pub partners: Arc<dyn PartnerStore>,
+    /// Whether the service can serve: the authoritative store answers.
     pub health: Arc<dyn HealthProbe>,
+    /// Each backend's own health entry (`gcdr.storage.postgres`, ...).
+    pub probes: Vec<(&'static str, Arc<dyn HealthProbe>)>,
 }
 
 impl Store {
+    /// A store backed entirely by DynamoDB.
+    pub fn dynamodb(d: dynamodb::DynamoStore) -> Self {
+        let d = Arc::new(d);
+        Self {
+            customers: d.clone(),
+            assets: d.clone(),
+            devices: d.clone(),
+            policies: d.clone(),
+            roles: d.clone(),
+            assignments: d.clone(),
+            partners: d.clone(),
+            health: d.clone(),
+            probes: vec![("gcdr.storage.dynamodb", d)],
+        }
+    }
+
     /// A store backed entirely by one PostgreSQL pool.
     pub fn postgres(pg: postgres::PgStore) -> Self {
         let pg = Arc::new(pg);
@@ -260,7 +282,8 @@ impl Store {
             roles: pg.clone(),
             assignments: pg.clone(),
             partners: pg.clone(),
-            health: pg,
+            health: pg.clone(),
+            probes: vec![("gcdr.storage.postgres", pg)],
         }
     }
 }

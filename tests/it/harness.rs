@@ -144,6 +144,7 @@ impl TestServer {
         let task = tokio::spawn(gcdr_data::grpc::serve(
             listener,
             store,
+            None,
             Duration::from_millis(100),
             async {
                 let _ = rx.await;

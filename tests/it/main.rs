@@ -9,4 +9,5 @@ mod hierarchy;
 mod isolation;
 mod partners;
 mod server;
+mod storage_modes;
 mod validation;

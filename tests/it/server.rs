@@ -188,6 +188,7 @@ async fn pgssl_connects_over_verified_tls_and_refuses_an_untrusted_server() {
     tokio::spawn(gcdr_data::grpc::serve(
         listener,
         store,
+        None,
         Duration::from_millis(100),
         std::future::pending(),
     ));

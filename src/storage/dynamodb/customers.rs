@@ -2,13 +2,11 @@
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
-use chrono::Utc;
 
 use super::{DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, s};
 use super::{bad_cursor, check_version, first_free_code};
 use crate::domain::customer::{
-    Customer, CustomerFilter, CustomerPatch, CustomerType, NewCustomer, ParentFilter,
-    customer_path,
+    Customer, CustomerFilter, CustomerPatch, CustomerType, NewCustomer, ParentFilter, customer_path,
 };
 use crate::domain::{Ctx, CustomerId, EntityStatus, Page, PageRequest, TenantId, generate_code};
 use crate::storage::{CustomerStore, StoreError, StoreResult, Subtree, ancestor_ids};
@@ -69,7 +67,9 @@ pub(crate) fn from_item(item: &Item) -> StoreResult<Customer> {
         parent_id: r
             .opt_s("parentCustomerId")?
             .filter(|p| !p.is_empty())
-            .map(|p| CustomerId::parse(&p).ok_or_else(|| r.bad("parentCustomerId", "is not a UUID")))
+            .map(|p| {
+                CustomerId::parse(&p).ok_or_else(|| r.bad("parentCustomerId", "is not a UUID"))
+            })
             .transpose()?,
         path: r.s("path")?,
         depth: r.i32("depth")?,
@@ -114,15 +114,28 @@ fn code_taken() -> StoreError {
 impl DynamoStore {
     async fn find_customer(&self, tenant: &TenantId, id: CustomerId) -> StoreResult<Customer> {
         let table = &self.tables.customers;
-        match self.get_item(table, tenant.as_str(), &id.to_string()).await? {
+        match self
+            .get_item(table, tenant.as_str(), &id.to_string())
+            .await?
+        {
             Some(item) => from_item(&item),
             None => Err(NOT_FOUND),
         }
     }
 
     /// Ids of the customers holding `code` (gsi-code is KEYS_ONLY).
-    async fn customer_ids_with_code(&self, tenant: &TenantId, code: &str) -> StoreResult<Vec<String>> {
-        let q = Query::index_eq(&self.tables.customers, "gsi-code", tenant.as_str(), "code", code);
+    async fn customer_ids_with_code(
+        &self,
+        tenant: &TenantId,
+        code: &str,
+    ) -> StoreResult<Vec<String>> {
+        let q = Query::index_eq(
+            &self.tables.customers,
+            "gsi-code",
+            tenant.as_str(),
+            "code",
+            code,
+        );
         let items = self.query(&q, usize::MAX).await?;
         items
             .iter()
@@ -148,7 +161,11 @@ impl DynamoStore {
             &prefix,
         );
         if let Some(max) = max_depth {
-            q.and_filter("#depth <= :maxd", &[("#depth", "depth")], vec![(":maxd", super::n(max))]);
+            q.and_filter(
+                "#depth <= :maxd",
+                &[("#depth", "depth")],
+                vec![(":maxd", super::n(max))],
+            );
         }
         if let Some(after) = after {
             if !after.starts_with(&prefix) {
@@ -175,14 +192,14 @@ impl CustomerStore for DynamoStore {
     async fn create(&self, ctx: &Ctx, new: NewCustomer) -> StoreResult<Customer> {
         self.timed("customers.create", async {
             let parent = match new.parent_id {
-                Some(pid) => Some(self.find_customer(&ctx.tenant, pid).await.map_err(|e| {
-                    match e {
+                Some(pid) => Some(self.find_customer(&ctx.tenant, pid).await.map_err(
+                    |e| match e {
                         StoreError::NotFound { .. } => StoreError::NotFound {
                             entity: "parent customer",
                         },
                         e => e,
-                    }
-                })?),
+                    },
+                )?),
                 None => None,
             };
             let (path, depth) = customer_path(
@@ -195,7 +212,11 @@ impl CustomerStore for DynamoStore {
             // is written too, refuses the second and the divergence is recorded).
             let code = match &new.code {
                 Some(code) => {
-                    if !self.customer_ids_with_code(&ctx.tenant, code).await?.is_empty() {
+                    if !self
+                        .customer_ids_with_code(&ctx.tenant, code)
+                        .await?
+                        .is_empty()
+                    {
                         return Err(code_taken());
                     }
                     code.clone()
@@ -218,7 +239,7 @@ impl CustomerStore for DynamoStore {
                     first_free_code(&base, &taken)
                 }
             };
-            let now = Utc::now();
+            let now = super::item::now();
             let customer = Customer {
                 tenant_id: ctx.tenant.clone(),
                 id: new.id,
@@ -242,7 +263,10 @@ impl CustomerStore for DynamoStore {
                 created_by: ctx.actor.as_str().to_owned(),
                 updated_by: None,
             };
-            if !self.put_new(&self.tables.customers, to_item(&customer)?).await? {
+            if !self
+                .put_new(&self.tables.customers, to_item(&customer)?)
+                .await?
+            {
                 return Err(StoreError::AlreadyExists {
                     reason: "CUSTOMER_EXISTS",
                     field: "customer.id",
@@ -262,7 +286,9 @@ impl CustomerStore for DynamoStore {
         self.timed("customers.get_by_code", async {
             let ids = self.customer_ids_with_code(tenant, code).await?;
             for id in ids {
-                let Some(id) = CustomerId::parse(&id) else { continue };
+                let Some(id) = CustomerId::parse(&id) else {
+                    continue;
+                };
                 match self.find_customer(tenant, id).await {
                     Err(StoreError::NotFound { .. }) => continue,
                     other => return other,
@@ -288,7 +314,9 @@ impl CustomerStore for DynamoStore {
                 check_version(expected, customer.version)?;
                 let read_version = customer.version;
                 let old_code = customer.code.clone();
-                patch.clone().apply(&mut customer, &ctx.actor, Utc::now());
+                patch
+                    .clone()
+                    .apply(&mut customer, &ctx.actor, super::item::now());
                 if customer.code != old_code
                     && self
                         .customer_ids_with_code(&ctx.tenant, &customer.code)
@@ -303,7 +331,9 @@ impl CustomerStore for DynamoStore {
                     return Ok(customer);
                 }
             }
-            Err(StoreError::Unavailable("the customer keeps changing; retry".into()))
+            Err(StoreError::Unavailable(
+                "the customer keeps changing; retry".into(),
+            ))
         })
         .await
     }
@@ -321,7 +351,13 @@ impl CustomerStore for DynamoStore {
                 let t = tenant.as_str();
                 let sid = id.to_string();
                 if self
-                    .exists_in_index(&self.tables.customers, "gsi-parent", t, "parentCustomerId", &sid)
+                    .exists_in_index(
+                        &self.tables.customers,
+                        "gsi-parent",
+                        t,
+                        "parentCustomerId",
+                        &sid,
+                    )
                     .await?
                 {
                     return Err(StoreError::FailedPrecondition {
@@ -346,7 +382,9 @@ impl CustomerStore for DynamoStore {
                     return Ok(());
                 }
             }
-            Err(StoreError::Unavailable("the customer keeps changing; retry".into()))
+            Err(StoreError::Unavailable(
+                "the customer keeps changing; retry".into(),
+            ))
         })
         .await
     }
@@ -499,12 +537,15 @@ impl CustomerStore for DynamoStore {
             let parent = match new_parent {
                 Some(pid) if pid == id => return Err(cycle()),
                 Some(pid) => {
-                    let p = self.find_customer(&ctx.tenant, pid).await.map_err(|e| match e {
-                        StoreError::NotFound { .. } => StoreError::NotFound {
-                            entity: "new parent customer",
-                        },
-                        e => e,
-                    })?;
+                    let p = self
+                        .find_customer(&ctx.tenant, pid)
+                        .await
+                        .map_err(|e| match e {
+                            StoreError::NotFound { .. } => StoreError::NotFound {
+                                entity: "new parent customer",
+                            },
+                            e => e,
+                        })?;
                     if p.path.starts_with(&format!("{}/", node.path)) {
                         return Err(cycle());
                     }
@@ -517,7 +558,7 @@ impl CustomerStore for DynamoStore {
                 parent.as_ref().map(|p| (p.path.as_str(), p.depth)),
                 id,
             );
-            let now = Utc::now();
+            let now = super::item::now();
             let descendants = self
                 .customer_descendant_items(&ctx.tenant, &node.path, None, None, usize::MAX)
                 .await?;

@@ -20,6 +20,13 @@ pub fn iso(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Now, at the millisecond precision items store, so a record returned by a write
+/// equals what a later read of it gives.
+pub fn now() -> DateTime<Utc> {
+    let t = Utc::now();
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
 /// JSON to an attribute: objects are `M`, arrays `L`, null `NULL`.
 pub fn to_attr(v: &Value) -> AttributeValue {
     match v {
@@ -48,7 +55,9 @@ pub fn from_attr(a: &AttributeValue) -> Option<Value> {
                 .collect::<Option<_>>()?,
         ),
         AttributeValue::Ss(ss) => Value::Array(ss.iter().cloned().map(Value::String).collect()),
-        AttributeValue::Ns(ns) => Value::Array(ns.iter().map(|n| number(n)).collect::<Option<_>>()?),
+        AttributeValue::Ns(ns) => {
+            Value::Array(ns.iter().map(|n| number(n)).collect::<Option<_>>()?)
+        }
         _ => return None,
     })
 }
@@ -90,7 +99,8 @@ impl ItemWriter {
 
     /// A number.
     pub fn n(mut self, k: &str, v: impl ToString) -> Self {
-        self.0.insert(k.to_owned(), AttributeValue::N(v.to_string()));
+        self.0
+            .insert(k.to_owned(), AttributeValue::N(v.to_string()));
         self
     }
 

@@ -11,12 +11,13 @@
 //! Base-table reads are strongly consistent (legacy read eventually consistent); GSI
 //! queries cannot be, so a listing through an index may lag a write by a moment.
 
-// mod access;
-// mod assets;
+mod access;
+mod assets;
 mod customers;
-// mod devices;
+mod devices;
 mod item;
-// mod partners;
+mod partners;
+mod replica;
 mod tables;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use super::{HealthProbe, StoreError, StoreResult};
 use super::{bad_cursor, check_version, first_free_code};
 
 pub use item::{Item, ItemReader, ItemWriter, from_attr, to_attr};
+pub use replica::{differing_fields, record_item};
 pub use tables::{TableNames, create_tables, delete_tables};
 
 /// Connection settings of the DynamoDB backend.
@@ -61,7 +63,11 @@ impl DynamoStore {
             loader = loader.endpoint_url(endpoint);
             if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
                 loader = loader.credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                    "local", "local", None, None, "gcdr-static",
+                    "local",
+                    "local",
+                    None,
+                    None,
+                    "gcdr-static",
                 ));
             }
         }
@@ -549,9 +555,8 @@ impl DynamoStore {
             match result {
                 Ok(_) => first = false,
                 Err(e) => {
-                    let concurrent = cancellation_codes(&e).is_some_and(|codes| {
-                        codes.iter().any(|c| c == "ConditionalCheckFailed")
-                    });
+                    let concurrent = cancellation_codes(&e)
+                        .is_some_and(|codes| codes.iter().any(|c| c == "ConditionalCheckFailed"));
                     return Err(match (concurrent, first) {
                         (true, true) => StoreError::FailedPrecondition {
                             reason: "CONCURRENT_HIERARCHY_CHANGE",
@@ -563,6 +568,10 @@ impl DynamoStore {
                                       was rewritten, retry the move to finish it"
                                 .into(),
                         },
+                        (false, _) if cancellation_codes(&e).is_some() => StoreError::Unavailable(
+                            "a concurrent transaction or throttling cancelled the move; retry"
+                                .into(),
+                        ),
                         (false, _) => sdk_error(e),
                     });
                 }

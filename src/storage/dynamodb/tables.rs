@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::types::{
     ProjectionType, ScalarAttributeType, TableStatus,
 };
 
-/// The seven legacy table names.
+/// The seven legacy table names, and the divergence table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableNames {
     pub customers: String,
@@ -17,6 +17,9 @@ pub struct TableNames {
     pub roles: String,
     pub policies: String,
     pub role_assignments: String,
+    /// Not a legacy table: this service's record of failed secondary writes while
+    /// DynamoDB is authoritative (`gcdr-replication-divergence-<stage>`).
+    pub divergence: String,
 }
 
 /// One table's environment override, legacy file name, and GSIs
@@ -27,7 +30,7 @@ struct TableDef {
     indexes: &'static [(&'static str, &'static str, bool)],
 }
 
-const DEFS: [TableDef; 7] = [
+const DEFS: [TableDef; 8] = [
     TableDef {
         env: "CUSTOMERS_TABLE",
         entity: "customers",
@@ -78,6 +81,11 @@ const DEFS: [TableDef; 7] = [
             ("gsi-role", "roleKey", false),
         ],
     },
+    TableDef {
+        env: "REPLICATION_DIVERGENCE_TABLE",
+        entity: "replication-divergence",
+        indexes: &[],
+    },
 ];
 
 impl TableNames {
@@ -95,11 +103,12 @@ impl TableNames {
             roles: name(4),
             policies: name(5),
             role_assignments: name(6),
+            divergence: name(7),
         }
     }
 
     /// The names in definition order.
-    pub fn all(&self) -> [&str; 7] {
+    pub fn all(&self) -> [&str; 8] {
         [
             &self.customers,
             &self.assets,
@@ -108,6 +117,7 @@ impl TableNames {
             &self.roles,
             &self.policies,
             &self.role_assignments,
+            &self.divergence,
         ]
     }
 }

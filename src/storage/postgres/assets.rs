@@ -50,7 +50,7 @@ pub(super) struct AssetRow {
 }
 
 impl AssetRow {
-    fn from_domain(a: &Asset) -> StoreResult<Self> {
+    pub(super) fn from_domain(a: &Asset) -> StoreResult<Self> {
         Ok(Self {
             tenant_id: a.tenant_id.as_str().to_owned(),
             id: a.id.0,
@@ -76,7 +76,7 @@ impl AssetRow {
         })
     }
 
-    fn into_domain(self) -> StoreResult<Asset> {
+    pub(super) fn into_domain(self) -> StoreResult<Asset> {
         let bad = |what: &str, v: &str| {
             StoreError::Internal(format!("assets row has bad {what} {v:?}").into())
         };

@@ -16,31 +16,31 @@ use crate::domain::{Ctx, Page, PageRequest, TenantId};
 use crate::storage::{AssignmentStore, StoreError, StoreResult};
 
 /// One row of `role_assignments`.
-#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
-#[diesel(table_name = role_assignments)]
+#[derive(Clone, Debug, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = role_assignments, primary_key(tenant_id, id), treat_none_as_null = true)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
-struct AssignmentRow {
-    tenant_id: String,
-    id: Uuid,
-    user_id: String,
-    role_id: Uuid,
-    scope: String,
-    status: String,
-    expires_at: Option<DateTime<Utc>>,
-    granted_by: String,
-    granted_at: DateTime<Utc>,
-    reason: Option<String>,
-    revoked_by: Option<String>,
-    revoked_at: Option<DateTime<Utc>>,
-    version: i64,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    created_by: String,
-    updated_by: Option<String>,
+pub(super) struct AssignmentRow {
+    pub(super) tenant_id: String,
+    pub(super) id: Uuid,
+    pub(super) user_id: String,
+    pub(super) role_id: Uuid,
+    pub(super) scope: String,
+    pub(super) status: String,
+    pub(super) expires_at: Option<DateTime<Utc>>,
+    pub(super) granted_by: String,
+    pub(super) granted_at: DateTime<Utc>,
+    pub(super) reason: Option<String>,
+    pub(super) revoked_by: Option<String>,
+    pub(super) revoked_at: Option<DateTime<Utc>>,
+    pub(super) version: i64,
+    pub(super) created_at: DateTime<Utc>,
+    pub(super) updated_at: DateTime<Utc>,
+    pub(super) created_by: String,
+    pub(super) updated_by: Option<String>,
 }
 
 impl AssignmentRow {
-    fn into_domain(self, role_key: String) -> StoreResult<RoleAssignment> {
+    pub(super) fn into_domain(self, role_key: String) -> StoreResult<RoleAssignment> {
         let bad = |what: &str, v: &str| {
             StoreError::Internal(format!("role_assignments row has bad {what} {v:?}").into())
         };

@@ -46,7 +46,7 @@ pub(super) struct CustomerRow {
 }
 
 impl CustomerRow {
-    fn from_domain(c: &Customer) -> StoreResult<Self> {
+    pub(super) fn from_domain(c: &Customer) -> StoreResult<Self> {
         Ok(Self {
             tenant_id: c.tenant_id.as_str().to_owned(),
             id: c.id.0,
@@ -72,7 +72,7 @@ impl CustomerRow {
         })
     }
 
-    fn into_domain(self) -> StoreResult<Customer> {
+    pub(super) fn into_domain(self) -> StoreResult<Customer> {
         let bad = |what: &str, v: &str| {
             StoreError::Internal(format!("customers row has bad {what} {v:?}").into())
         };

@@ -53,7 +53,7 @@ pub(super) struct DeviceRow {
 }
 
 impl DeviceRow {
-    fn from_domain(d: &Device) -> StoreResult<Self> {
+    pub(super) fn from_domain(d: &Device) -> StoreResult<Self> {
         Ok(Self {
             tenant_id: d.tenant_id.as_str().to_owned(),
             id: d.id.0,
@@ -84,7 +84,7 @@ impl DeviceRow {
         })
     }
 
-    fn into_domain(self) -> StoreResult<Device> {
+    pub(super) fn into_domain(self) -> StoreResult<Device> {
         let bad = |what: &str, v: &str| {
             StoreError::Internal(format!("devices row has bad {what} {v:?}").into())
         };

@@ -10,8 +10,10 @@ mod customers;
 mod devices;
 mod hierarchy;
 mod json;
+mod modes;
 mod partners;
 mod policies;
+mod replica;
 mod roles;
 pub mod schema;
 mod tls;
@@ -30,6 +32,7 @@ use super::{HealthProbe, StoreError, StoreResult};
 use super::{bad_cursor, check_version, first_free_code};
 
 pub use hierarchy::customer_descendants_sql;
+pub use modes::GLOBAL;
 pub use tls::{TlsSettings, establish};
 
 /// The schema migrations, embedded in the binary.

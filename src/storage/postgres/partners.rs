@@ -13,7 +13,7 @@ use super::schema::{partner_api_keys as k, partner_oauth_clients as o, partner_w
 use super::{PgStore, bad_cursor, check_version};
 use crate::domain::partner::{
     ApiKey, CredentialStatus, LifecycleAction, NewApiKey, NewOAuthClient, NewPartner, NewWebhook,
-    OAuthClient, Partner, PartnerPatch, PartnerProfile, PartnerStatus, Webhook,
+    OAuthClient, Partner, PartnerPatch, PartnerProfile, PartnerRecord, PartnerStatus, Webhook,
     may_hold_credentials,
 };
 use crate::domain::{Ctx, Page, PageRequest, TenantId};
@@ -23,7 +23,7 @@ use crate::storage::{PartnerStore, StoreError, StoreResult};
 #[derive(Clone, Debug, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = partners, primary_key(tenant_id, id), treat_none_as_null = true)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
-struct PartnerRow {
+pub(super) struct PartnerRow {
     tenant_id: String,
     id: Uuid,
     status: String,
@@ -53,7 +53,7 @@ struct PartnerRow {
 }
 
 impl PartnerRow {
-    fn from_domain(p: &Partner) -> StoreResult<Self> {
+    pub(super) fn from_domain(p: &Partner) -> StoreResult<Self> {
         let f = &p.profile;
         Ok(Self {
             tenant_id: p.tenant_id.as_str().to_owned(),
@@ -85,7 +85,7 @@ impl PartnerRow {
         })
     }
 
-    fn into_domain(self) -> StoreResult<Partner> {
+    pub(super) fn into_domain(self) -> StoreResult<Partner> {
         let bad = |what: &str, v: &str| {
             StoreError::Internal(format!("partners row has bad {what} {v:?}").into())
         };
@@ -140,7 +140,7 @@ struct ApiKeyRow {
 }
 
 impl ApiKeyRow {
-    fn into_domain(self) -> StoreResult<ApiKey> {
+    pub(super) fn into_domain(self) -> StoreResult<ApiKey> {
         Ok(ApiKey {
             id: self.id,
             name: self.name,
@@ -170,7 +170,7 @@ struct OAuthClientRow {
 }
 
 impl OAuthClientRow {
-    fn into_domain(self) -> StoreResult<OAuthClient> {
+    pub(super) fn into_domain(self) -> StoreResult<OAuthClient> {
         Ok(OAuthClient {
             client_id: self.client_id,
             name: self.name,
@@ -714,4 +714,149 @@ impl PartnerStore for PgStore {
         })
         .await
     }
+}
+
+/// The whole partner record, secrets' hashes included (for replication only).
+pub(super) async fn load_record(
+    conn: &mut AsyncPgConnection,
+    tenant: &TenantId,
+    id: Uuid,
+) -> StoreResult<Option<PartnerRecord>> {
+    let partner = match find(conn, tenant, id, false).await {
+        Ok(p) => p,
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let keys: Vec<(ApiKeyRow, String)> = k::table
+        .filter(k::tenant_id.eq(tenant.as_str()))
+        .filter(k::partner_id.eq(id))
+        .order((k::created_at, k::id))
+        .select((ApiKeyRow::as_select(), k::key_hash))
+        .load(conn)
+        .await?;
+    let clients: Vec<(OAuthClientRow, String)> = o::table
+        .filter(o::tenant_id.eq(tenant.as_str()))
+        .filter(o::partner_id.eq(id))
+        .order((o::created_at, o::client_id))
+        .select((OAuthClientRow::as_select(), o::client_secret_hash))
+        .load(conn)
+        .await?;
+    let hooks: Vec<(WebhookRow, String)> = w::table
+        .filter(w::tenant_id.eq(tenant.as_str()))
+        .filter(w::partner_id.eq(id))
+        .order((w::created_at, w::id))
+        .select((WebhookRow::as_select(), w::secret_hash))
+        .load(conn)
+        .await?;
+    Ok(Some(PartnerRecord {
+        partner,
+        api_keys: keys
+            .into_iter()
+            .map(|(r, h)| Ok((r.into_domain()?, h)))
+            .collect::<StoreResult<_>>()?,
+        oauth_clients: clients
+            .into_iter()
+            .map(|(r, h)| Ok((r.into_domain()?, h)))
+            .collect::<StoreResult<_>>()?,
+        webhooks: hooks.into_iter().map(|(r, h)| (r.into(), h)).collect(),
+    }))
+}
+
+/// Writes the whole record unless the stored partner is newer; its keys, clients and
+/// webhooks are replaced with the record's. Runs inside the caller's transaction.
+pub(super) async fn upsert_record(
+    conn: &mut AsyncPgConnection,
+    rec: &PartnerRecord,
+) -> StoreResult<bool> {
+    use diesel::upsert::excluded;
+    let row = PartnerRow::from_domain(&rec.partner)?;
+    let written = diesel::query_dsl::methods::FilterDsl::filter(
+        diesel::insert_into(partners::table)
+            .values(&row)
+            .on_conflict((dsl::tenant_id, dsl::id))
+            .do_update()
+            .set(&row),
+        dsl::version.le(excluded(dsl::version)),
+    )
+    .execute(conn)
+    .await?
+        > 0;
+    if !written {
+        return Ok(false);
+    }
+    let tenant = rec.partner.tenant_id.as_str();
+    let pid = rec.partner.id;
+    diesel::delete(
+        k::table
+            .filter(k::tenant_id.eq(tenant))
+            .filter(k::partner_id.eq(pid)),
+    )
+    .execute(conn)
+    .await?;
+    diesel::delete(
+        o::table
+            .filter(o::tenant_id.eq(tenant))
+            .filter(o::partner_id.eq(pid)),
+    )
+    .execute(conn)
+    .await?;
+    diesel::delete(
+        w::table
+            .filter(w::tenant_id.eq(tenant))
+            .filter(w::partner_id.eq(pid)),
+    )
+    .execute(conn)
+    .await?;
+    for (key, hash) in &rec.api_keys {
+        diesel::insert_into(k::table)
+            .values((
+                k::tenant_id.eq(tenant),
+                k::partner_id.eq(pid),
+                k::id.eq(key.id),
+                k::name.eq(&key.name),
+                k::key_hash.eq(hash),
+                k::key_prefix.eq(&key.key_prefix),
+                k::scopes.eq(&key.scopes),
+                k::expires_at.eq(key.expires_at),
+                k::created_at.eq(key.created_at),
+                k::revoked_at.eq(key.revoked_at),
+                k::status.eq(key.status.as_str()),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    for (c, hash) in &rec.oauth_clients {
+        diesel::insert_into(o::table)
+            .values((
+                o::tenant_id.eq(tenant),
+                o::partner_id.eq(pid),
+                o::client_id.eq(&c.client_id),
+                o::name.eq(&c.name),
+                o::client_secret_hash.eq(hash),
+                o::redirect_uris.eq(&c.redirect_uris),
+                o::scopes.eq(&c.scopes),
+                o::grant_types.eq(&c.grant_types),
+                o::created_at.eq(c.created_at),
+                o::revoked_at.eq(c.revoked_at),
+                o::status.eq(c.status.as_str()),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    for (h, hash) in &rec.webhooks {
+        diesel::insert_into(w::table)
+            .values((
+                w::tenant_id.eq(tenant),
+                w::partner_id.eq(pid),
+                w::id.eq(h.id),
+                w::url.eq(&h.url),
+                w::events.eq(&h.events),
+                w::secret_hash.eq(hash),
+                w::enabled.eq(h.enabled),
+                w::created_at.eq(h.created_at),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    Ok(true)
 }

@@ -20,7 +20,7 @@ use crate::storage::{PolicyStore, StoreError, StoreResult};
 #[derive(Clone, Debug, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = policies, primary_key(tenant_id, id), treat_none_as_null = true)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
-struct PolicyRow {
+pub(super) struct PolicyRow {
     tenant_id: String,
     id: Uuid,
     key: String,
@@ -39,7 +39,7 @@ struct PolicyRow {
 }
 
 impl PolicyRow {
-    fn from_domain(p: &Policy) -> StoreResult<Self> {
+    pub(super) fn from_domain(p: &Policy) -> StoreResult<Self> {
         Ok(Self {
             tenant_id: p.tenant_id.as_str().to_owned(),
             id: p.id,
@@ -59,7 +59,7 @@ impl PolicyRow {
         })
     }
 
-    fn into_domain(self) -> StoreResult<Policy> {
+    pub(super) fn into_domain(self) -> StoreResult<Policy> {
         let bad = |what: &str, v: &str| {
             StoreError::Internal(format!("policies row has bad {what} {v:?}").into())
         };

@@ -19,7 +19,7 @@ use crate::storage::{RoleStore, StoreError, StoreResult};
 #[derive(Clone, Debug, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = roles, primary_key(tenant_id, id), treat_none_as_null = true)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
-struct RoleRow {
+pub(super) struct RoleRow {
     tenant_id: String,
     id: Uuid,
     key: String,
@@ -36,7 +36,7 @@ struct RoleRow {
 }
 
 impl RoleRow {
-    fn from_domain(r: &Role) -> Self {
+    pub(super) fn from_domain(r: &Role) -> Self {
         Self {
             tenant_id: r.tenant_id.as_str().to_owned(),
             id: r.id,
@@ -54,7 +54,7 @@ impl RoleRow {
         }
     }
 
-    fn into_domain(self, policy_keys: Vec<String>) -> StoreResult<Role> {
+    pub(super) fn into_domain(self, policy_keys: Vec<String>) -> StoreResult<Role> {
         let bad = |what: &str, v: &str| {
             StoreError::Internal(format!("roles row has bad {what} {v:?}").into())
         };

@@ -269,3 +269,27 @@ diesel::allow_tables_to_appear_in_same_query!(
     partner_oauth_clients,
     partner_webhooks
 );
+
+diesel::table! {
+    storage_modes (scope) {
+        scope -> Text,
+        mode -> Text,
+        updated_at -> Timestamptz,
+        updated_by -> Text,
+        reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    replication_divergence (tenant_id, entity, entity_id, target_store) {
+        tenant_id -> Text,
+        entity -> Text,
+        entity_id -> Text,
+        target_store -> Text,
+        operation -> Text,
+        error -> Text,
+        failures -> Int8,
+        first_failed_at -> Timestamptz,
+        last_failed_at -> Timestamptz,
+    }
+}

@@ -1,0 +1,2 @@
+DROP TABLE replication_divergence;
+DROP TABLE storage_modes;

@@ -1,0 +1,306 @@
+//! PostgreSQL as a replica: versioned upserts of whole records (never moving a row
+//! backwards), and the durable divergence log of failed secondary writes.
+
+use async_trait::async_trait;
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::PgStore;
+use super::assets::AssetRow;
+use super::assignments::AssignmentRow;
+use super::customers::CustomerRow;
+use super::devices::DeviceRow;
+use super::policies::PolicyRow;
+use super::roles::RoleRow;
+use super::schema::{
+    assets, customers, devices, policies, replication_divergence as rd, role_assignments,
+    role_policies, roles,
+};
+use crate::domain::access::{Role, RoleAssignment};
+use crate::domain::{AssetId, CustomerId, DeviceId, TenantId};
+use crate::storage::mode::Backend;
+use crate::storage::replica::{Divergence, DivergenceLog, Entity, Record, RecordKey, Replica};
+use crate::storage::{
+    AssetStore, AssignmentStore, CustomerStore, DeviceStore, PolicyStore, RoleStore, StoreError,
+    StoreResult,
+};
+
+/// `Ok(None)` for a missing record.
+fn absent_ok<T>(r: StoreResult<T>) -> StoreResult<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Upserts one row of a table keyed `(tenant_id, id)` with a `version` column, only
+/// when the stored version is not newer.
+macro_rules! versioned_upsert {
+    ($conn:expr, $table:ident, $row:expr) => {{
+        let row = $row;
+        diesel::query_dsl::methods::FilterDsl::filter(
+            diesel::insert_into($table::table)
+                .values(&row)
+                .on_conflict(($table::tenant_id, $table::id))
+                .do_update()
+                .set(&row),
+            $table::version.le(excluded($table::version)),
+        )
+        .execute($conn)
+        .await
+        .map(|n| n > 0)
+        .map_err(StoreError::from)
+    }};
+}
+
+async fn upsert_role(conn: &mut AsyncPgConnection, r: &Role) -> StoreResult<bool> {
+    let tenant = r.tenant_id.as_str();
+    let ids: Vec<(String, Uuid)> = policies::table
+        .filter(policies::tenant_id.eq(tenant))
+        .filter(policies::key.eq_any(&r.policy_keys))
+        .select((policies::key, policies::id))
+        .load(conn)
+        .await?;
+    if !versioned_upsert!(&mut *conn, roles, RoleRow::from_domain(r))? {
+        return Ok(false);
+    }
+    diesel::delete(
+        role_policies::table
+            .filter(role_policies::tenant_id.eq(tenant))
+            .filter(role_policies::role_id.eq(r.id)),
+    )
+    .execute(conn)
+    .await?;
+    let mut rows = Vec::new();
+    for (position, key) in r.policy_keys.iter().enumerate() {
+        let Some((_, pid)) = ids.iter().find(|(k, _)| k == key) else {
+            return Err(StoreError::FailedPrecondition {
+                reason: "POLICY_NOT_FOUND",
+                message: format!("role {} names policy {key:?}, absent in PostgreSQL", r.key),
+            });
+        };
+        rows.push((
+            role_policies::tenant_id.eq(tenant),
+            role_policies::role_id.eq(r.id),
+            role_policies::policy_id.eq(*pid),
+            role_policies::position.eq(i32::try_from(position).unwrap_or(i32::MAX)),
+        ));
+    }
+    diesel::insert_into(role_policies::table)
+        .values(rows)
+        .execute(conn)
+        .await?;
+    Ok(true)
+}
+
+async fn upsert_assignment(conn: &mut AsyncPgConnection, a: &RoleAssignment) -> StoreResult<bool> {
+    let role_id: Uuid = roles::table
+        .filter(roles::tenant_id.eq(a.tenant_id.as_str()))
+        .filter(roles::key.eq(&a.role_key))
+        .select(roles::id)
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or_else(|| StoreError::FailedPrecondition {
+            reason: "ROLE_NOT_FOUND",
+            message: format!("role {:?} is absent in PostgreSQL", a.role_key),
+        })?;
+    let row = AssignmentRow {
+        tenant_id: a.tenant_id.as_str().to_owned(),
+        id: a.id,
+        user_id: a.user_id.clone(),
+        role_id,
+        scope: a.scope.clone(),
+        status: a.status.as_str().to_owned(),
+        expires_at: a.expires_at,
+        granted_by: a.granted_by.clone(),
+        granted_at: a.granted_at,
+        reason: a.reason.clone(),
+        revoked_by: a.revoked_by.clone(),
+        revoked_at: a.revoked_at,
+        version: a.version,
+        created_at: a.granted_at,
+        updated_at: a.revoked_at.unwrap_or(a.granted_at),
+        created_by: a.granted_by.clone(),
+        updated_by: a.revoked_by.clone(),
+    };
+    versioned_upsert!(conn, role_assignments, row)
+}
+
+#[async_trait]
+impl Replica for PgStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn load(&self, key: &RecordKey) -> StoreResult<Option<Record>> {
+        let t = &key.tenant;
+        Ok(match key.entity {
+            Entity::Customer => absent_ok(CustomerStore::get(self, t, CustomerId(key.id)).await)?
+                .map(Record::Customer),
+            Entity::Asset => {
+                absent_ok(AssetStore::get(self, t, AssetId(key.id)).await)?.map(Record::Asset)
+            }
+            Entity::Device => {
+                absent_ok(DeviceStore::get(self, t, DeviceId(key.id)).await)?.map(Record::Device)
+            }
+            Entity::Policy => {
+                absent_ok(PolicyStore::get(self, t, key.id).await)?.map(Record::Policy)
+            }
+            Entity::Role => absent_ok(RoleStore::get(self, t, key.id).await)?.map(Record::Role),
+            Entity::Assignment => {
+                absent_ok(AssignmentStore::get(self, t, key.id).await)?.map(Record::Assignment)
+            }
+            Entity::Partner => {
+                let mut conn = self.conn().await?;
+                super::partners::load_record(&mut conn, t, key.id)
+                    .await?
+                    .map(|p| Record::Partner(Box::new(p)))
+            }
+        })
+    }
+
+    async fn upsert(&self, record: &Record) -> StoreResult<bool> {
+        self.timed("replica.upsert", async {
+            let mut conn = self.conn().await?;
+            conn.transaction(async |conn| match record {
+                Record::Customer(c) => {
+                    versioned_upsert!(conn, customers, CustomerRow::from_domain(c)?)
+                }
+                Record::Asset(a) => versioned_upsert!(conn, assets, AssetRow::from_domain(a)?),
+                Record::Device(d) => versioned_upsert!(conn, devices, DeviceRow::from_domain(d)?),
+                Record::Policy(p) => versioned_upsert!(conn, policies, PolicyRow::from_domain(p)?),
+                Record::Role(r) => upsert_role(conn, r).await,
+                Record::Assignment(a) => upsert_assignment(conn, a).await,
+                Record::Partner(p) => super::partners::upsert_record(conn, p).await,
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn remove(&self, key: &RecordKey) -> StoreResult<()> {
+        self.timed("replica.remove", async {
+            let mut conn = self.conn().await?;
+            let t = key.tenant.as_str();
+            macro_rules! delete {
+                ($table:ident) => {
+                    diesel::delete(
+                        $table::table
+                            .filter($table::tenant_id.eq(t))
+                            .filter($table::id.eq(key.id)),
+                    )
+                    .execute(&mut conn)
+                    .await?
+                };
+            }
+            match key.entity {
+                Entity::Customer => delete!(customers),
+                Entity::Asset => delete!(assets),
+                Entity::Device => delete!(devices),
+                Entity::Policy => delete!(policies),
+                Entity::Role => delete!(roles),
+                Entity::Assignment => delete!(role_assignments),
+                Entity::Partner => {
+                    use super::schema::partners;
+                    delete!(partners)
+                }
+            };
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl DivergenceLog for PgStore {
+    async fn record(
+        &self,
+        key: &RecordKey,
+        target: Backend,
+        operation: &str,
+        error: &str,
+    ) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        let now = chrono::Utc::now();
+        diesel::insert_into(rd::table)
+            .values((
+                rd::tenant_id.eq(key.tenant.as_str()),
+                rd::entity.eq(key.entity.as_str()),
+                rd::entity_id.eq(key.id.to_string()),
+                rd::target_store.eq(target.as_str()),
+                rd::operation.eq(operation),
+                rd::error.eq(error),
+                rd::first_failed_at.eq(now),
+                rd::last_failed_at.eq(now),
+            ))
+            .on_conflict((rd::tenant_id, rd::entity, rd::entity_id, rd::target_store))
+            .do_update()
+            .set((
+                rd::operation.eq(operation),
+                rd::error.eq(error),
+                rd::failures.eq(rd::failures + 1),
+                rd::last_failed_at.eq(now),
+            ))
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn list(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<Divergence>> {
+        let mut conn = self.conn().await?;
+        let mut q = rd::table
+            .select((
+                rd::tenant_id,
+                rd::entity,
+                rd::entity_id,
+                rd::target_store,
+                rd::operation,
+                rd::error,
+                rd::failures,
+            ))
+            .order((rd::tenant_id, rd::entity, rd::entity_id))
+            .into_boxed();
+        if let Some(t) = tenant {
+            q = q.filter(rd::tenant_id.eq(t.as_str()));
+        }
+        type Row = (String, String, String, String, String, String, i64);
+        let rows: Vec<Row> = q.load(&mut conn).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(t, e, id, target, operation, error, failures)| {
+                Some(Divergence {
+                    key: RecordKey {
+                        entity: Entity::parse(&e)?,
+                        tenant: TenantId::parse(&t)?,
+                        id: Uuid::parse_str(&id).ok()?,
+                    },
+                    target: match target.as_str() {
+                        "dynamodb" => Backend::Dynamodb,
+                        _ => Backend::Postgres,
+                    },
+                    operation,
+                    error,
+                    failures,
+                })
+            })
+            .collect())
+    }
+
+    async fn resolve(&self, key: &RecordKey, target: Backend) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        diesel::delete(
+            rd::table
+                .filter(rd::tenant_id.eq(key.tenant.as_str()))
+                .filter(rd::entity.eq(key.entity.as_str()))
+                .filter(rd::entity_id.eq(key.id.to_string()))
+                .filter(rd::target_store.eq(target.as_str())),
+        )
+        .execute(&mut conn)
+        .await?;
+        Ok(())
+    }
+}

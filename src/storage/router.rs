@@ -1,0 +1,1074 @@
+//! The runtime storage switch: implements every store trait by routing each call, per
+//! tenant, to the store the current mode names.
+//!
+//! - Reads go to the authoritative store only. A configurable fraction of the `get`
+//!   reads is also read from the other store in the background and compared attribute
+//!   by attribute (shadow reads): mismatches are counted and logged by entity and
+//!   field; the response and its latency never depend on it.
+//! - Writes go to the authoritative store; its result decides the response. The record
+//!   it returns is then copied to the secondary store by the [`Replicator`], off the
+//!   caller's path, as a versioned upsert (never moving a record backwards), so retries
+//!   and reordering are harmless. A copy that fails is counted and recorded durably in
+//!   the authoritative store's divergence log for reconcile; it never fails the call.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::mode::{Backend, Modes, StorageMode};
+use super::replica::{DivergenceLog, Entity, Record, RecordKey, Replica};
+use super::*;
+
+/// One store with its replica and divergence-log views.
+#[derive(Clone)]
+pub struct Backed {
+    pub store: Store,
+    pub replica: Arc<dyn Replica>,
+    pub log: Arc<dyn DivergenceLog>,
+}
+
+/// Counters by name and labels, e.g. `secondary_write{store=dynamodb,entity=customer,
+/// op=upsert,outcome=failed}`; reported by StorageAdminService and logged.
+#[derive(Debug, Default)]
+pub struct Metrics(Mutex<BTreeMap<String, u64>>);
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn incr(&self, name: &str, labels: &[(&str, &str)]) {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let key = format!("{name}{{{}}}", labels.join(","));
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default() += 1;
+    }
+
+    /// Every counter.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What to copy to the secondary store.
+#[derive(Clone, Debug)]
+enum Op {
+    /// This record, as the authoritative store returned it.
+    Upsert(Box<Record>),
+    /// The record was deleted.
+    Remove,
+    /// Re-read the record from the authoritative store and copy it (partners: their
+    /// calls return a part, the record has more).
+    Reload,
+    /// Re-read the subtree under the record (a move) and copy every node, parents
+    /// first; for assets, their devices too.
+    Subtree,
+}
+
+impl Op {
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Upsert(_) => "upsert",
+            Op::Remove => "remove",
+            Op::Reload => "reload",
+            Op::Subtree => "subtree",
+        }
+    }
+}
+
+struct Job {
+    key: RecordKey,
+    op: Op,
+    primary: Backed,
+    primary_backend: Backend,
+    secondary: Backed,
+    secondary_backend: Backend,
+}
+
+enum Msg {
+    Job(Box<Job>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Copies writes to the secondary store in the background: a fixed set of workers,
+/// each owning the keys that hash to it, so the copies of one record are applied in
+/// the order they were acknowledged.
+#[derive(Clone)]
+pub struct Replicator {
+    workers: Arc<Vec<mpsc::Sender<Msg>>>,
+}
+
+impl Replicator {
+    /// Starts `workers` tasks with queues of `queue` jobs each. A copy that does not
+    /// finish within `timeout` counts as failed.
+    pub fn start(workers: usize, queue: usize, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        let senders = (0..workers.max(1))
+            .map(|_| {
+                let (tx, mut rx) = mpsc::channel::<Msg>(queue.max(1));
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    while let Some(msg) = rx.recv().await {
+                        match msg {
+                            Msg::Job(job) => run_job(*job, timeout, &metrics).await,
+                            Msg::Flush(done) => {
+                                let _ = done.send(());
+                            }
+                        }
+                    }
+                });
+                tx
+            })
+            .collect();
+        Self {
+            workers: Arc::new(senders),
+        }
+    }
+
+    async fn enqueue(&self, job: Job) {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        job.key.hash(&mut h);
+        let worker = &self.workers[(h.finish() % self.workers.len() as u64) as usize];
+        // A full queue makes the caller wait (backpressure) rather than drop a copy.
+        if worker.send(Msg::Job(Box::new(job))).await.is_err() {
+            tracing::error!("replication worker stopped; a secondary copy was not queued");
+        }
+    }
+
+    /// Waits until every copy queued before this call has been applied or recorded.
+    pub async fn flush(&self) {
+        let mut waits = Vec::new();
+        for w in self.workers.iter() {
+            let (tx, rx) = oneshot::channel();
+            if w.send(Msg::Flush(tx)).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        for rx in waits {
+            let _ = rx.await;
+        }
+    }
+}
+
+async fn run_job(job: Job, timeout: Duration, metrics: &Metrics) {
+    let op = job.op.name();
+    let mut last_error = String::new();
+    for attempt in 0..2 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        match tokio::time::timeout(timeout, apply(&job)).await {
+            Ok(Ok(())) => {
+                metrics.incr(
+                    "secondary_write",
+                    &[
+                        ("store", job.secondary_backend.as_str()),
+                        ("entity", job.key.entity.as_str()),
+                        ("op", op),
+                        ("outcome", "ok"),
+                    ],
+                );
+                return;
+            }
+            Ok(Err(e)) => last_error = error_text(&e),
+            Err(_) => last_error = format!("timed out after {timeout:?}"),
+        }
+    }
+    metrics.incr(
+        "secondary_write",
+        &[
+            ("store", job.secondary_backend.as_str()),
+            ("entity", job.key.entity.as_str()),
+            ("op", op),
+            ("outcome", "failed"),
+        ],
+    );
+    tracing::warn!(
+        store = job.secondary_backend.as_str(),
+        entity = job.key.entity.as_str(),
+        tenant = %job.key.tenant,
+        id = %job.key.id,
+        op,
+        error = %last_error,
+        "secondary write failed; recorded for reconcile"
+    );
+    let recorded = job
+        .primary
+        .log
+        .record(&job.key, job.secondary_backend, op, &last_error)
+        .await;
+    if let Err(e) = recorded {
+        metrics.incr(
+            "divergence_record_failed",
+            &[("store", job.primary_backend.as_str())],
+        );
+        tracing::error!(error = %e, entity = job.key.entity.as_str(), id = %job.key.id,
+            "could not record a divergence; verify will find it");
+    }
+}
+
+/// The message of a store error, with the source of an internal one.
+fn error_text(e: &StoreError) -> String {
+    match e {
+        StoreError::Internal(src) => format!("internal: {src}"),
+        e => e.to_string(),
+    }
+}
+
+async fn apply(job: &Job) -> StoreResult<()> {
+    let secondary = &job.secondary.replica;
+    match &job.op {
+        Op::Upsert(record) => secondary.upsert(record).await.map(|_| ()),
+        Op::Remove => secondary.remove(&job.key).await,
+        Op::Reload => match job.primary.replica.load(&job.key).await? {
+            Some(record) => secondary.upsert(&record).await.map(|_| ()),
+            None => secondary.remove(&job.key).await,
+        },
+        Op::Subtree => {
+            let mut records = subtree_records(&job.primary.store, &job.key).await?;
+            records.sort_by_key(Record::depth);
+            for r in &records {
+                secondary.upsert(r).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The most nodes one moved subtree copy reads.
+const SUBTREE_LIMIT: usize = 1_000_000;
+
+/// The node of `key` and everything under it (assets: with their devices).
+async fn subtree_records(store: &Store, key: &RecordKey) -> StoreResult<Vec<Record>> {
+    let t = &key.tenant;
+    match key.entity {
+        Entity::Customer => Ok(store
+            .customers
+            .subtree(t, CustomerId(key.id), i32::MAX, SUBTREE_LIMIT)
+            .await?
+            .nodes
+            .into_iter()
+            .map(Record::Customer)
+            .collect()),
+        Entity::Asset => {
+            let nodes = store
+                .assets
+                .subtree(t, AssetId(key.id), i32::MAX, SUBTREE_LIMIT)
+                .await?
+                .nodes;
+            let mut out = Vec::new();
+            for a in &nodes {
+                let mut page = PageRequest {
+                    size: crate::domain::MAX_PAGE_SIZE,
+                    after: None,
+                };
+                loop {
+                    let filter = crate::domain::device::DeviceFilter {
+                        asset_id: Some(a.id),
+                        ..Default::default()
+                    };
+                    let p = store.devices.list(t, &filter, &page).await?;
+                    out.extend(p.items.into_iter().map(Record::Device));
+                    match p.next_after {
+                        Some(after) => page.after = Some(after),
+                        None => break,
+                    }
+                }
+            }
+            out.extend(nodes.into_iter().map(Record::Asset));
+            Ok(out)
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Routes every store call by the tenant's mode.
+#[derive(Clone)]
+pub struct Router {
+    postgres: Backed,
+    dynamodb: Option<Backed>,
+    modes: Modes,
+    replicator: Replicator,
+    shadow_rate: f64,
+    metrics: Arc<Metrics>,
+}
+
+/// The stores one call uses.
+struct Route<'a> {
+    mode: StorageMode,
+    primary: &'a Backed,
+    secondary: Option<&'a Backed>,
+}
+
+impl Router {
+    /// A router over PostgreSQL and, when configured, DynamoDB.
+    pub fn new(
+        postgres: Backed,
+        dynamodb: Option<Backed>,
+        modes: Modes,
+        replicator: Replicator,
+        shadow_rate: f64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            postgres,
+            dynamodb,
+            modes,
+            replicator,
+            shadow_rate,
+            metrics,
+        }
+    }
+
+    /// The store bundle the gRPC layer uses.
+    pub fn into_store(self) -> Store {
+        let r = Arc::new(self);
+        let mut probes = r.postgres.store.probes.clone();
+        if let Some(d) = &r.dynamodb {
+            probes.extend(d.store.probes.iter().cloned());
+        }
+        Store {
+            customers: r.clone(),
+            assets: r.clone(),
+            devices: r.clone(),
+            policies: r.clone(),
+            roles: r.clone(),
+            assignments: r.clone(),
+            partners: r.clone(),
+            health: r,
+            probes,
+        }
+    }
+
+    fn backed(&self, b: Backend) -> StoreResult<&Backed> {
+        match b {
+            Backend::Postgres => Ok(&self.postgres),
+            Backend::Dynamodb => self.dynamodb.as_ref().ok_or_else(|| {
+                StoreError::Unavailable(
+                    "the storage mode needs DynamoDB, which is not configured \
+                     (set DYNAMODB_ENDPOINT or GCDR_DYNAMODB=true)"
+                        .into(),
+                )
+            }),
+        }
+    }
+
+    fn route(&self, tenant: &TenantId) -> StoreResult<Route<'_>> {
+        let mode = self.modes.for_tenant(tenant.as_str());
+        Ok(Route {
+            mode,
+            primary: self.backed(mode.primary())?,
+            secondary: mode.secondary().map(|b| self.backed(b)).transpose()?,
+        })
+    }
+
+    /// Queues the copy of a write acknowledged by the primary.
+    async fn copy(&self, route: &Route<'_>, key: RecordKey, op: Op) {
+        let (Some(secondary), Some(secondary_backend)) = (route.secondary, route.mode.secondary())
+        else {
+            return;
+        };
+        self.replicator
+            .enqueue(Job {
+                key,
+                op,
+                primary: route.primary.clone(),
+                primary_backend: route.mode.primary(),
+                secondary: secondary.clone(),
+                secondary_backend,
+            })
+            .await;
+    }
+
+    async fn copy_record(&self, route: &Route<'_>, record: Record) {
+        self.copy(route, record.key(), Op::Upsert(Box::new(record)))
+            .await;
+    }
+
+    /// Samples a shadow read of `record` from the other store.
+    fn shadow(&self, route: &Route<'_>, record: Record) {
+        if self.shadow_rate <= 0.0 || rand::random::<f64>() >= self.shadow_rate {
+            return;
+        }
+        let other = match route.mode.primary() {
+            Backend::Postgres => self.dynamodb.clone(),
+            Backend::Dynamodb => Some(self.postgres.clone()),
+        };
+        let (Some(other), true) = (other, route.mode.secondary().is_some()) else {
+            return;
+        };
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let key = record.key();
+            let entity = key.entity.as_str();
+            metrics.incr("shadow_read", &[("entity", entity)]);
+            let fields = match other.replica.load(&key).await {
+                Ok(Some(theirs)) => super::dynamodb::differing_fields(&record, &theirs),
+                Ok(None) => vec!["<missing>".to_owned()],
+                Err(e) => {
+                    metrics.incr("shadow_read_failed", &[("entity", entity)]);
+                    tracing::debug!(error = %e, entity, "shadow read failed");
+                    return;
+                }
+            };
+            for field in &fields {
+                metrics.incr("shadow_mismatch", &[("entity", entity), ("field", field)]);
+            }
+            if !fields.is_empty() {
+                tracing::warn!(entity, tenant = %key.tenant, id = %key.id, ?fields,
+                    "shadow read mismatch");
+            }
+        });
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
+
+fn key(entity: Entity, tenant: &TenantId, id: Uuid) -> RecordKey {
+    RecordKey {
+        entity,
+        tenant: tenant.clone(),
+        id,
+    }
+}
+
+#[async_trait]
+impl HealthProbe for Router {
+    /// Healthy while the store authoritative for the global mode answers.
+    async fn ping(&self) -> StoreResult<()> {
+        let mode = self.modes.current().global;
+        self.backed(mode.primary())?.store.health.ping().await
+    }
+}
+
+#[async_trait]
+impl CustomerStore for Router {
+    async fn create(&self, ctx: &Ctx, new: NewCustomer) -> StoreResult<Customer> {
+        let r = self.route(&ctx.tenant)?;
+        let c = r.primary.store.customers.create(ctx, new).await?;
+        self.copy_record(&r, Record::Customer(c.clone())).await;
+        Ok(c)
+    }
+    async fn get(&self, tenant: &TenantId, id: CustomerId) -> StoreResult<Customer> {
+        let r = self.route(tenant)?;
+        let c = r.primary.store.customers.get(tenant, id).await?;
+        self.shadow(&r, Record::Customer(c.clone()));
+        Ok(c)
+    }
+    async fn get_by_code(&self, tenant: &TenantId, code: &str) -> StoreResult<Customer> {
+        let r = self.route(tenant)?;
+        r.primary.store.customers.get_by_code(tenant, code).await
+    }
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        id: CustomerId,
+        patch: CustomerPatch,
+        expected: Option<i64>,
+    ) -> StoreResult<Customer> {
+        let r = self.route(&ctx.tenant)?;
+        let c = r
+            .primary
+            .store
+            .customers
+            .update(ctx, id, patch, expected)
+            .await?;
+        self.copy_record(&r, Record::Customer(c.clone())).await;
+        Ok(c)
+    }
+    async fn delete(&self, tenant: &TenantId, id: CustomerId, exp: Option<i64>) -> StoreResult<()> {
+        let r = self.route(tenant)?;
+        r.primary.store.customers.delete(tenant, id, exp).await?;
+        self.copy(&r, key(Entity::Customer, tenant, id.0), Op::Remove)
+            .await;
+        Ok(())
+    }
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        filter: &CustomerFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Customer>> {
+        let r = self.route(tenant)?;
+        r.primary.store.customers.list(tenant, filter, page).await
+    }
+    async fn descendants(
+        &self,
+        tenant: &TenantId,
+        id: CustomerId,
+        max_depth: Option<i32>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Customer>> {
+        let r = self.route(tenant)?;
+        let s = &r.primary.store.customers;
+        s.descendants(tenant, id, max_depth, page).await
+    }
+    async fn ancestors(&self, tenant: &TenantId, id: CustomerId) -> StoreResult<Vec<Customer>> {
+        let r = self.route(tenant)?;
+        r.primary.store.customers.ancestors(tenant, id).await
+    }
+    async fn subtree(
+        &self,
+        tenant: &TenantId,
+        id: CustomerId,
+        max_depth: i32,
+        limit: usize,
+    ) -> StoreResult<Subtree<Customer>> {
+        let r = self.route(tenant)?;
+        let s = &r.primary.store.customers;
+        s.subtree(tenant, id, max_depth, limit).await
+    }
+    async fn move_to(
+        &self,
+        ctx: &Ctx,
+        id: CustomerId,
+        new_parent: Option<CustomerId>,
+        expected: Option<i64>,
+    ) -> StoreResult<Customer> {
+        let r = self.route(&ctx.tenant)?;
+        let s = &r.primary.store.customers;
+        let c = s.move_to(ctx, id, new_parent, expected).await?;
+        self.copy(&r, key(Entity::Customer, &ctx.tenant, id.0), Op::Subtree)
+            .await;
+        Ok(c)
+    }
+}
+
+#[async_trait]
+impl AssetStore for Router {
+    async fn create(&self, ctx: &Ctx, new: NewAsset) -> StoreResult<Asset> {
+        let r = self.route(&ctx.tenant)?;
+        let a = r.primary.store.assets.create(ctx, new).await?;
+        self.copy_record(&r, Record::Asset(a.clone())).await;
+        Ok(a)
+    }
+    async fn get(&self, tenant: &TenantId, id: AssetId) -> StoreResult<Asset> {
+        let r = self.route(tenant)?;
+        let a = r.primary.store.assets.get(tenant, id).await?;
+        self.shadow(&r, Record::Asset(a.clone()));
+        Ok(a)
+    }
+    async fn get_by_code(
+        &self,
+        tenant: &TenantId,
+        customer: CustomerId,
+        code: &str,
+    ) -> StoreResult<Asset> {
+        let r = self.route(tenant)?;
+        let s = &r.primary.store.assets;
+        s.get_by_code(tenant, customer, code).await
+    }
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        id: AssetId,
+        patch: AssetPatch,
+        expected: Option<i64>,
+    ) -> StoreResult<Asset> {
+        let r = self.route(&ctx.tenant)?;
+        let a = r
+            .primary
+            .store
+            .assets
+            .update(ctx, id, patch, expected)
+            .await?;
+        self.copy_record(&r, Record::Asset(a.clone())).await;
+        Ok(a)
+    }
+    async fn delete(&self, tenant: &TenantId, id: AssetId, exp: Option<i64>) -> StoreResult<()> {
+        let r = self.route(tenant)?;
+        r.primary.store.assets.delete(tenant, id, exp).await?;
+        self.copy(&r, key(Entity::Asset, tenant, id.0), Op::Remove)
+            .await;
+        Ok(())
+    }
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        filter: &AssetFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Asset>> {
+        let r = self.route(tenant)?;
+        r.primary.store.assets.list(tenant, filter, page).await
+    }
+    async fn descendants(
+        &self,
+        tenant: &TenantId,
+        id: AssetId,
+        max_depth: Option<i32>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Asset>> {
+        let r = self.route(tenant)?;
+        let s = &r.primary.store.assets;
+        s.descendants(tenant, id, max_depth, page).await
+    }
+    async fn ancestors(&self, tenant: &TenantId, id: AssetId) -> StoreResult<Vec<Asset>> {
+        let r = self.route(tenant)?;
+        r.primary.store.assets.ancestors(tenant, id).await
+    }
+    async fn subtree(
+        &self,
+        tenant: &TenantId,
+        id: AssetId,
+        max_depth: i32,
+        limit: usize,
+    ) -> StoreResult<Subtree<Asset>> {
+        let r = self.route(tenant)?;
+        let s = &r.primary.store.assets;
+        s.subtree(tenant, id, max_depth, limit).await
+    }
+    async fn customer_forest(
+        &self,
+        tenant: &TenantId,
+        customer: CustomerId,
+        max_depth: i32,
+        limit: usize,
+    ) -> StoreResult<Subtree<Asset>> {
+        let r = self.route(tenant)?;
+        let s = &r.primary.store.assets;
+        s.customer_forest(tenant, customer, max_depth, limit).await
+    }
+    async fn move_to(
+        &self,
+        ctx: &Ctx,
+        id: AssetId,
+        to: AssetDestination,
+        expected: Option<i64>,
+    ) -> StoreResult<Asset> {
+        let r = self.route(&ctx.tenant)?;
+        let a = r
+            .primary
+            .store
+            .assets
+            .move_to(ctx, id, to, expected)
+            .await?;
+        self.copy(&r, key(Entity::Asset, &ctx.tenant, id.0), Op::Subtree)
+            .await;
+        Ok(a)
+    }
+}
+
+#[async_trait]
+impl DeviceStore for Router {
+    async fn create(&self, ctx: &Ctx, new: NewDevice) -> StoreResult<Device> {
+        let r = self.route(&ctx.tenant)?;
+        let d = r.primary.store.devices.create(ctx, new).await?;
+        self.copy_record(&r, Record::Device(d.clone())).await;
+        Ok(d)
+    }
+    async fn get(&self, tenant: &TenantId, id: DeviceId) -> StoreResult<Device> {
+        let r = self.route(tenant)?;
+        let d = r.primary.store.devices.get(tenant, id).await?;
+        self.shadow(&r, Record::Device(d.clone()));
+        Ok(d)
+    }
+    async fn get_by_serial(&self, tenant: &TenantId, serial: &str) -> StoreResult<Device> {
+        let r = self.route(tenant)?;
+        r.primary.store.devices.get_by_serial(tenant, serial).await
+    }
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        id: DeviceId,
+        patch: DevicePatch,
+        expected: Option<i64>,
+    ) -> StoreResult<Device> {
+        let r = self.route(&ctx.tenant)?;
+        let d = r
+            .primary
+            .store
+            .devices
+            .update(ctx, id, patch, expected)
+            .await?;
+        self.copy_record(&r, Record::Device(d.clone())).await;
+        Ok(d)
+    }
+    async fn delete(&self, tenant: &TenantId, id: DeviceId, exp: Option<i64>) -> StoreResult<()> {
+        let r = self.route(tenant)?;
+        r.primary.store.devices.delete(tenant, id, exp).await?;
+        self.copy(&r, key(Entity::Device, tenant, id.0), Op::Remove)
+            .await;
+        Ok(())
+    }
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        filter: &DeviceFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Device>> {
+        let r = self.route(tenant)?;
+        r.primary.store.devices.list(tenant, filter, page).await
+    }
+    async fn move_to(
+        &self,
+        ctx: &Ctx,
+        id: DeviceId,
+        asset: AssetId,
+        expected: Option<i64>,
+    ) -> StoreResult<Device> {
+        let r = self.route(&ctx.tenant)?;
+        let s = &r.primary.store.devices;
+        let d = s.move_to(ctx, id, asset, expected).await?;
+        self.copy_record(&r, Record::Device(d.clone())).await;
+        Ok(d)
+    }
+    async fn set_connectivity(
+        &self,
+        ctx: &Ctx,
+        id: DeviceId,
+        status: ConnectivityStatus,
+    ) -> StoreResult<Device> {
+        let r = self.route(&ctx.tenant)?;
+        let s = &r.primary.store.devices;
+        let d = s.set_connectivity(ctx, id, status).await?;
+        self.copy_record(&r, Record::Device(d.clone())).await;
+        Ok(d)
+    }
+}
+
+#[async_trait]
+impl PolicyStore for Router {
+    async fn create(&self, ctx: &Ctx, new: NewPolicy) -> StoreResult<Policy> {
+        let r = self.route(&ctx.tenant)?;
+        let p = r.primary.store.policies.create(ctx, new).await?;
+        self.copy_record(&r, Record::Policy(p.clone())).await;
+        Ok(p)
+    }
+    async fn get(&self, tenant: &TenantId, id: Uuid) -> StoreResult<Policy> {
+        let r = self.route(tenant)?;
+        let p = r.primary.store.policies.get(tenant, id).await?;
+        self.shadow(&r, Record::Policy(p.clone()));
+        Ok(p)
+    }
+    async fn get_by_key(&self, tenant: &TenantId, k: &str) -> StoreResult<Policy> {
+        let r = self.route(tenant)?;
+        r.primary.store.policies.get_by_key(tenant, k).await
+    }
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        id: Uuid,
+        patch: PolicyPatch,
+        expected: Option<i64>,
+    ) -> StoreResult<Policy> {
+        let r = self.route(&ctx.tenant)?;
+        let s = &r.primary.store.policies;
+        let p = s.update(ctx, id, patch, expected).await?;
+        self.copy_record(&r, Record::Policy(p.clone())).await;
+        Ok(p)
+    }
+    async fn delete(&self, tenant: &TenantId, id: Uuid, exp: Option<i64>) -> StoreResult<()> {
+        let r = self.route(tenant)?;
+        r.primary.store.policies.delete(tenant, id, exp).await?;
+        self.copy(&r, key(Entity::Policy, tenant, id), Op::Remove)
+            .await;
+        Ok(())
+    }
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        filter: &AccessFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Policy>> {
+        let r = self.route(tenant)?;
+        r.primary.store.policies.list(tenant, filter, page).await
+    }
+}
+
+#[async_trait]
+impl RoleStore for Router {
+    async fn create(&self, ctx: &Ctx, new: NewRole) -> StoreResult<Role> {
+        let r = self.route(&ctx.tenant)?;
+        let role = r.primary.store.roles.create(ctx, new).await?;
+        self.copy_record(&r, Record::Role(role.clone())).await;
+        Ok(role)
+    }
+    async fn get(&self, tenant: &TenantId, id: Uuid) -> StoreResult<Role> {
+        let r = self.route(tenant)?;
+        let role = r.primary.store.roles.get(tenant, id).await?;
+        self.shadow(&r, Record::Role(role.clone()));
+        Ok(role)
+    }
+    async fn get_by_key(&self, tenant: &TenantId, k: &str) -> StoreResult<Role> {
+        let r = self.route(tenant)?;
+        r.primary.store.roles.get_by_key(tenant, k).await
+    }
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        id: Uuid,
+        patch: RolePatch,
+        expected: Option<i64>,
+    ) -> StoreResult<Role> {
+        let r = self.route(&ctx.tenant)?;
+        let s = &r.primary.store.roles;
+        let role = s.update(ctx, id, patch, expected).await?;
+        self.copy_record(&r, Record::Role(role.clone())).await;
+        Ok(role)
+    }
+    async fn delete(&self, tenant: &TenantId, id: Uuid, exp: Option<i64>) -> StoreResult<()> {
+        let r = self.route(tenant)?;
+        r.primary.store.roles.delete(tenant, id, exp).await?;
+        self.copy(&r, key(Entity::Role, tenant, id), Op::Remove)
+            .await;
+        Ok(())
+    }
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        filter: &AccessFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Role>> {
+        let r = self.route(tenant)?;
+        r.primary.store.roles.list(tenant, filter, page).await
+    }
+}
+
+#[async_trait]
+impl AssignmentStore for Router {
+    async fn assign(&self, ctx: &Ctx, new: NewAssignment) -> StoreResult<RoleAssignment> {
+        let r = self.route(&ctx.tenant)?;
+        let a = r.primary.store.assignments.assign(ctx, new).await?;
+        self.copy_record(&r, Record::Assignment(a.clone())).await;
+        Ok(a)
+    }
+    async fn get(&self, tenant: &TenantId, id: Uuid) -> StoreResult<RoleAssignment> {
+        let r = self.route(tenant)?;
+        let a = r.primary.store.assignments.get(tenant, id).await?;
+        self.shadow(&r, Record::Assignment(a.clone()));
+        Ok(a)
+    }
+    async fn revoke(&self, ctx: &Ctx, id: Uuid) -> StoreResult<RoleAssignment> {
+        let r = self.route(&ctx.tenant)?;
+        let a = r.primary.store.assignments.revoke(ctx, id).await?;
+        self.copy_record(&r, Record::Assignment(a.clone())).await;
+        Ok(a)
+    }
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        filter: &AssignmentFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<RoleAssignment>> {
+        let r = self.route(tenant)?;
+        r.primary.store.assignments.list(tenant, filter, page).await
+    }
+    async fn grants(&self, tenant: &TenantId, user_id: &str) -> StoreResult<Vec<Grant>> {
+        let r = self.route(tenant)?;
+        r.primary.store.assignments.grants(tenant, user_id).await
+    }
+    async fn ancestry(&self, tenant: &TenantId, resource: &str) -> StoreResult<Vec<String>> {
+        let r = self.route(tenant)?;
+        r.primary.store.assignments.ancestry(tenant, resource).await
+    }
+}
+
+#[async_trait]
+impl PartnerStore for Router {
+    async fn register(&self, ctx: &Ctx, new: NewPartner) -> StoreResult<Partner> {
+        let r = self.route(&ctx.tenant)?;
+        let p = r.primary.store.partners.register(ctx, new).await?;
+        self.copy(&r, key(Entity::Partner, &ctx.tenant, p.id), Op::Reload)
+            .await;
+        Ok(p)
+    }
+    async fn get(&self, tenant: &TenantId, id: Uuid) -> StoreResult<Partner> {
+        let r = self.route(tenant)?;
+        r.primary.store.partners.get(tenant, id).await
+    }
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        id: Uuid,
+        patch: PartnerPatch,
+        expected: Option<i64>,
+    ) -> StoreResult<Partner> {
+        let r = self.route(&ctx.tenant)?;
+        let s = &r.primary.store.partners;
+        let p = s.update(ctx, id, patch, expected).await?;
+        self.copy(&r, key(Entity::Partner, &ctx.tenant, id), Op::Reload)
+            .await;
+        Ok(p)
+    }
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        status: Option<PartnerStatus>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Partner>> {
+        let r = self.route(tenant)?;
+        r.primary.store.partners.list(tenant, status, page).await
+    }
+    async fn transition(
+        &self,
+        ctx: &Ctx,
+        id: Uuid,
+        action: LifecycleAction,
+    ) -> StoreResult<Partner> {
+        let r = self.route(&ctx.tenant)?;
+        let p = r.primary.store.partners.transition(ctx, id, action).await?;
+        self.copy(&r, key(Entity::Partner, &ctx.tenant, id), Op::Reload)
+            .await;
+        Ok(p)
+    }
+    async fn create_api_key(&self, ctx: &Ctx, partner: Uuid, k: NewApiKey) -> StoreResult<ApiKey> {
+        let r = self.route(&ctx.tenant)?;
+        let out = r
+            .primary
+            .store
+            .partners
+            .create_api_key(ctx, partner, k)
+            .await?;
+        self.copy(&r, key(Entity::Partner, &ctx.tenant, partner), Op::Reload)
+            .await;
+        Ok(out)
+    }
+    async fn list_api_keys(
+        &self,
+        tenant: &TenantId,
+        partner: Uuid,
+        status: Option<CredentialStatus>,
+    ) -> StoreResult<Vec<ApiKey>> {
+        let r = self.route(tenant)?;
+        let s = &r.primary.store.partners;
+        s.list_api_keys(tenant, partner, status).await
+    }
+    async fn revoke_api_key(&self, ctx: &Ctx, partner: Uuid, k: Uuid) -> StoreResult<ApiKey> {
+        let r = self.route(&ctx.tenant)?;
+        let out = r
+            .primary
+            .store
+            .partners
+            .revoke_api_key(ctx, partner, k)
+            .await?;
+        self.copy(&r, key(Entity::Partner, &ctx.tenant, partner), Op::Reload)
+            .await;
+        Ok(out)
+    }
+    async fn rotate_api_key(
+        &self,
+        ctx: &Ctx,
+        partner: Uuid,
+        old: Uuid,
+        new: NewApiKey,
+    ) -> StoreResult<ApiKey> {
+        let r = self.route(&ctx.tenant)?;
+        let s = &r.primary.store.partners;
+        let out = s.rotate_api_key(ctx, partner, old, new).await?;
+        self.copy(&r, key(Entity::Partner, &ctx.tenant, partner), Op::Reload)
+            .await;
+        Ok(out)
+    }
+    async fn create_oauth_client(
+        &self,
+        ctx: &Ctx,
+        partner: Uuid,
+        client: NewOAuthClient,
+    ) -> StoreResult<OAuthClient> {
+        let r = self.route(&ctx.tenant)?;
+        let s = &r.primary.store.partners;
+        let out = s.create_oauth_client(ctx, partner, client).await?;
+        self.copy(&r, key(Entity::Partner, &ctx.tenant, partner), Op::Reload)
+            .await;
+        Ok(out)
+    }
+    async fn list_oauth_clients(
+        &self,
+        tenant: &TenantId,
+        partner: Uuid,
+        status: Option<CredentialStatus>,
+    ) -> StoreResult<Vec<OAuthClient>> {
+        let r = self.route(tenant)?;
+        let s = &r.primary.store.partners;
+        s.list_oauth_clients(tenant, partner, status).await
+    }
+    async fn revoke_oauth_client(
+        &self,
+        ctx: &Ctx,
+        partner: Uuid,
+        client_id: &str,
+    ) -> StoreResult<OAuthClient> {
+        let r = self.route(&ctx.tenant)?;
+        let s = &r.primary.store.partners;
+        let out = s.revoke_oauth_client(ctx, partner, client_id).await?;
+        self.copy(&r, key(Entity::Partner, &ctx.tenant, partner), Op::Reload)
+            .await;
+        Ok(out)
+    }
+    async fn create_webhook(
+        &self,
+        ctx: &Ctx,
+        partner: Uuid,
+        webhook: NewWebhook,
+    ) -> StoreResult<Webhook> {
+        let r = self.route(&ctx.tenant)?;
+        let s = &r.primary.store.partners;
+        let out = s.create_webhook(ctx, partner, webhook).await?;
+        self.copy(&r, key(Entity::Partner, &ctx.tenant, partner), Op::Reload)
+            .await;
+        Ok(out)
+    }
+    async fn list_webhooks(&self, tenant: &TenantId, partner: Uuid) -> StoreResult<Vec<Webhook>> {
+        let r = self.route(tenant)?;
+        r.primary
+            .store
+            .partners
+            .list_webhooks(tenant, partner)
+            .await
+    }
+    async fn delete_webhook(&self, ctx: &Ctx, partner: Uuid, webhook: Uuid) -> StoreResult<()> {
+        let r = self.route(&ctx.tenant)?;
+        let s = &r.primary.store.partners;
+        s.delete_webhook(ctx, partner, webhook).await?;
+        self.copy(&r, key(Entity::Partner, &ctx.tenant, partner), Op::Reload)
+            .await;
+        Ok(())
+    }
+}
+
+/// Keeps this replica's mode table in step with the persisted one.
+#[derive(Clone)]
+pub struct ModeSync {
+    pub pg: postgres::PgStore,
+    pub modes: Modes,
+    pub replicator: Replicator,
+    /// The global mode while none was ever persisted (`GCDR_STORAGE_MODE`).
+    pub default: StorageMode,
+}
+
+impl ModeSync {
+    /// Reads the persisted table and, when it changed, finishes the queued secondary
+    /// copies before routing by it (so the store that becomes authoritative holds
+    /// every write acknowledged before). Returns whether it changed.
+    pub async fn refresh(&self) -> StoreResult<bool> {
+        let table = self.pg.load_modes(self.default).await?;
+        if *self.modes.current() == table {
+            return Ok(false);
+        }
+        self.replicator.flush().await;
+        tracing::info!(global = %table.global, overrides = table.tenants.len(), "storage mode changed");
+        self.modes.publish(table);
+        Ok(true)
+    }
+
+    /// Refreshes every `interval` for ever; while PostgreSQL is unreachable the last
+    /// known table stays in force.
+    pub fn spawn(self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = self.refresh().await {
+                    tracing::debug!(error = %e, "storage mode refresh failed; keeping the last known");
+                }
+                tokio::time::sleep(interval).await;
+            }
+        })
+    }
+}

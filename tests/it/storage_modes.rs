@@ -1,0 +1,530 @@
+//! The storage switch against real PostgreSQL and a real DynamoDB wire-protocol server
+//! (moto, started by `scripts/ensure-dynamodb.sh`; `GCDR_TEST_DYNAMODB_URL`, default
+//! http://127.0.0.1:8765). Each test gets a fresh database and its own table stage.
+
+use std::time::Duration;
+
+use gcdr_data::app::{StorageSettings, build_storage};
+use gcdr_data::domain::TenantId;
+use gcdr_data::pb;
+use gcdr_data::pb::storage_admin_service_client::StorageAdminServiceClient;
+use gcdr_data::storage::dynamodb::{DynamoConfig, DynamoStore, TableNames, differing_fields};
+use gcdr_data::storage::mode::{Backend, StorageMode};
+use gcdr_data::storage::postgres::{PgStore, PoolConfig};
+use gcdr_data::storage::replica::{DivergenceLog, Entity, RecordKey, Replica};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::Code;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::harness::{fresh_database, req};
+
+const TOKEN: &str = "test-admin-token";
+
+fn dynamo_url() -> String {
+    std::env::var("GCDR_TEST_DYNAMODB_URL").unwrap_or_else(|_| "http://127.0.0.1:8765".into())
+}
+
+fn dynamo_config(endpoint: &str, stage: &str) -> DynamoConfig {
+    DynamoConfig {
+        endpoint: Some(endpoint.to_owned()),
+        region: "sa-east-1".into(),
+        tables: TableNames::from_lookup(stage, |_| None),
+    }
+}
+
+/// A server over a fresh database and fresh tables, in `mode`.
+struct ModeServer {
+    channel: Channel,
+    pg: PgStore,
+    dynamo: DynamoStore,
+    replicator: gcdr_data::storage::router::Replicator,
+    _stop: oneshot::Sender<()>,
+}
+
+impl ModeServer {
+    async fn start(mode: StorageMode) -> Self {
+        Self::start_with(mode, &dynamo_url()).await
+    }
+
+    /// `endpoint`: where the server's DynamoDB client points (a dead port simulates
+    /// an unreachable DynamoDB); the tables are always created on the real emulator.
+    async fn start_with(mode: StorageMode, endpoint: &str) -> Self {
+        let stage = format!("t{}", Uuid::new_v4().simple());
+        let real = DynamoStore::connect(&dynamo_config(&dynamo_url(), &stage)).await;
+        gcdr_data::storage::dynamodb::create_tables(real.client(), real.tables())
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot create tables on the DynamoDB emulator at {}: {e}\n\
+                     start it (`bash scripts/ensure-dynamodb.sh` does) or set GCDR_TEST_DYNAMODB_URL",
+                    dynamo_url()
+                )
+            });
+        let db = fresh_database().await;
+        let pool = PoolConfig {
+            acquire_timeout: Duration::from_secs(2),
+            ..PoolConfig::default()
+        };
+        let pg = PgStore::connect(&db, &pool).await.unwrap();
+        let settings = StorageSettings {
+            default_mode: mode,
+            dynamodb: Some(dynamo_config(endpoint, &stage)),
+            admin_token: Some(TOKEN.into()),
+            mode_poll: Duration::from_millis(100),
+            secondary_timeout: Duration::from_millis(1500),
+            ..StorageSettings::default()
+        };
+        let storage = build_storage(pg.clone(), &settings).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let replicator = storage.replicator.clone();
+        tokio::spawn(gcdr_data::grpc::serve(
+            listener,
+            storage.store,
+            Some(storage.admin),
+            Duration::from_millis(100),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            channel,
+            pg,
+            dynamo: real,
+            replicator,
+            _stop: tx,
+        }
+    }
+
+    fn customers(&self) -> pb::customer_service_client::CustomerServiceClient<Channel> {
+        pb::customer_service_client::CustomerServiceClient::new(self.channel.clone())
+    }
+
+    fn assets(&self) -> pb::asset_service_client::AssetServiceClient<Channel> {
+        pb::asset_service_client::AssetServiceClient::new(self.channel.clone())
+    }
+
+    fn devices(&self) -> pb::device_service_client::DeviceServiceClient<Channel> {
+        pb::device_service_client::DeviceServiceClient::new(self.channel.clone())
+    }
+
+    fn admin(&self) -> StorageAdminServiceClient<Channel> {
+        StorageAdminServiceClient::new(self.channel.clone())
+    }
+
+    fn store(&self, b: Backend) -> &dyn Replica {
+        match b {
+            Backend::Postgres => &self.pg,
+            Backend::Dynamodb => &self.dynamo,
+        }
+    }
+}
+
+fn admin_req<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    r
+}
+
+fn key(entity: Entity, tenant: &str, id: &str) -> RecordKey {
+    RecordKey {
+        entity,
+        tenant: TenantId::parse(tenant).unwrap(),
+        id: Uuid::parse_str(id).unwrap(),
+    }
+}
+
+/// Creates a root customer, a child, an asset and a device; updates, moves and
+/// deletes through the API. Returns the keys that must exist afterwards.
+async fn lifecycle(s: &ModeServer, tenant: &str) -> (Vec<RecordKey>, Vec<RecordKey>) {
+    let mut customers = s.customers();
+    let create = |name: &str, parent: Option<String>| pb::CreateCustomerRequest {
+        customer: Some(pb::Customer {
+            name: name.into(),
+            r#type: pb::CustomerType::Company as i32,
+            parent_customer_id: parent,
+            ..Default::default()
+        }),
+    };
+    let root = customers
+        .create_customer(req(tenant, create("Holding", None)))
+        .await
+        .unwrap()
+        .into_inner();
+    let child = customers
+        .create_customer(req(tenant, create("Branch", Some(root.id.clone()))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(child.depth, 1);
+    let got = customers
+        .get_customer(req(
+            tenant,
+            pb::GetCustomerRequest {
+                id: child.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, child);
+    let updated = customers
+        .update_customer(req(
+            tenant,
+            pb::UpdateCustomerRequest {
+                id: child.id.clone(),
+                customer: Some(pb::Customer {
+                    name: "Branch One".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["name".into()],
+                }),
+                expected_version: Some(1),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.version, 2);
+    let stale = customers
+        .update_customer(req(
+            tenant,
+            pb::UpdateCustomerRequest {
+                id: child.id.clone(),
+                customer: Some(pb::Customer {
+                    name: "x".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["name".into()],
+                }),
+                expected_version: Some(1),
+            },
+        ))
+        .await;
+    assert_eq!(stale.unwrap_err().code(), Code::Aborted);
+    let descendants = customers
+        .list_customer_descendants(req(
+            tenant,
+            pb::ListCustomerDescendantsRequest {
+                id: root.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(descendants.customers.len(), 1);
+
+    let asset = s
+        .assets()
+        .create_asset(req(
+            tenant,
+            pb::CreateAssetRequest {
+                asset: Some(pb::Asset {
+                    customer_id: child.id.clone(),
+                    name: "Building".into(),
+                    r#type: pb::AssetType::Building as i32,
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let device = s
+        .devices()
+        .create_device(req(
+            tenant,
+            pb::CreateDeviceRequest {
+                device: Some(pb::Device {
+                    asset_id: asset.id.clone(),
+                    name: "Meter".into(),
+                    r#type: pb::DeviceType::Meter as i32,
+                    serial_number: format!("SN-{}", Uuid::new_v4().simple()),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(device.customer_id, child.id);
+    let doomed = s
+        .devices()
+        .create_device(req(
+            tenant,
+            pb::CreateDeviceRequest {
+                device: Some(pb::Device {
+                    asset_id: asset.id.clone(),
+                    name: "Temp".into(),
+                    r#type: pb::DeviceType::Sensor as i32,
+                    serial_number: format!("SN-{}", Uuid::new_v4().simple()),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    s.devices()
+        .delete_device(req(
+            tenant,
+            pb::DeleteDeviceRequest {
+                id: doomed.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    // Move the branch to the root: its path and depth change.
+    let moved = customers
+        .move_customer(req(
+            tenant,
+            pb::MoveCustomerRequest {
+                id: child.id.clone(),
+                destination: Some(pb::move_customer_request::Destination::ToRoot(true)),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(moved.depth, 0);
+    let present = vec![
+        key(Entity::Customer, tenant, &root.id),
+        key(Entity::Customer, tenant, &child.id),
+        key(Entity::Asset, tenant, &asset.id),
+        key(Entity::Device, tenant, &device.id),
+    ];
+    let absent = vec![key(Entity::Device, tenant, &doomed.id)];
+    (present, absent)
+}
+
+/// Table-driven: the same lifecycle in every mode; afterwards the authoritative store
+/// holds it, the secondary (dual modes) holds identical copies, and a single-store
+/// mode never wrote the other store.
+#[tokio::test]
+async fn every_mode_serves_the_lifecycle_and_dual_modes_keep_both_stores_equal() {
+    for mode in StorageMode::ALL {
+        let s = ModeServer::start(mode).await;
+        let (present, absent) = lifecycle(&s, "tenant-default").await;
+        s.replicator.flush().await;
+        let primary = s.store(mode.primary());
+        for k in &present {
+            let mine = primary.load(k).await.unwrap();
+            let mine = mine.unwrap_or_else(|| panic!("{mode}: {k:?} missing in the primary"));
+            let other_backend = match mode.primary() {
+                Backend::Postgres => Backend::Dynamodb,
+                Backend::Dynamodb => Backend::Postgres,
+            };
+            let other = s.store(other_backend).load(k).await.unwrap();
+            match mode.secondary() {
+                Some(_) => {
+                    let other =
+                        other.unwrap_or_else(|| panic!("{mode}: {k:?} missing in the secondary"));
+                    assert_eq!(
+                        differing_fields(&mine, &other),
+                        Vec::<String>::new(),
+                        "{mode}: {k:?} differs between the stores"
+                    );
+                }
+                None => assert!(other.is_none(), "{mode}: {k:?} leaked into the other store"),
+            }
+        }
+        for k in &absent {
+            assert!(s.store(Backend::Postgres).load(k).await.unwrap().is_none());
+            assert!(s.store(Backend::Dynamodb).load(k).await.unwrap().is_none());
+        }
+    }
+}
+
+/// DynamoDB as the secondary is unreachable: every call still succeeds, and each
+/// missed copy is recorded durably in PostgreSQL and reported by the admin API.
+#[tokio::test]
+async fn a_failing_secondary_never_fails_a_call_and_the_divergence_is_recorded() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let s = ModeServer::start_with(StorageMode::DualPostgresPrimary, &dead).await;
+    let (present, _) = lifecycle(&s, "tenant-a").await;
+    s.replicator.flush().await;
+    let recorded = DivergenceLog::list(&s.pg, None).await.unwrap();
+    for k in &present {
+        assert!(
+            recorded
+                .iter()
+                .any(|d| d.key == *k && d.target == Backend::Dynamodb),
+            "no divergence recorded for {k:?}: {recorded:?}"
+        );
+    }
+    let status = s
+        .admin()
+        .get_replication_status(admin_req(pb::GetReplicationStatusRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status
+            .counters
+            .iter()
+            .any(|c| c.name.contains("outcome=failed") && c.value > 0)
+    );
+    assert!(status.divergences.len() >= present.len());
+}
+
+/// The admin API: token required, phase skips refused unless forced, per-tenant
+/// override honoured while other tenants stay put, and persisted.
+#[tokio::test]
+async fn the_mode_switch_is_guarded_persisted_and_per_tenant() {
+    let s = ModeServer::start(StorageMode::Dynamodb).await;
+    let mut admin = s.admin();
+    let no_token = admin
+        .get_storage_mode(tonic::Request::new(pb::GetStorageModeRequest::default()))
+        .await;
+    assert_eq!(no_token.unwrap_err().code(), Code::Unauthenticated);
+    let mut wrong = tonic::Request::new(pb::GetStorageModeRequest::default());
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer nope".parse().unwrap());
+    assert_eq!(
+        admin.get_storage_mode(wrong).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let skip = admin
+        .set_storage_mode(admin_req(pb::SetStorageModeRequest {
+            mode: pb::StorageMode::Postgres as i32,
+            ..Default::default()
+        }))
+        .await;
+    assert_eq!(skip.unwrap_err().code(), Code::FailedPrecondition);
+    // Canary tenant first: dual write for it only.
+    admin
+        .set_storage_mode(admin_req(pb::SetStorageModeRequest {
+            mode: pb::StorageMode::DualDynamodbPrimary as i32,
+            tenant_id: "canary".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let (canary, _) = lifecycle(&s, "canary").await;
+    let (other, _) = lifecycle(&s, "tenant-b").await;
+    s.replicator.flush().await;
+    for k in &canary {
+        assert!(
+            s.pg.load(k).await.unwrap().is_some(),
+            "canary not dual-written: {k:?}"
+        );
+    }
+    for k in &other {
+        assert!(
+            s.pg.load(k).await.unwrap().is_none(),
+            "other tenant moved: {k:?}"
+        );
+        assert!(s.dynamo.load(k).await.unwrap().is_some());
+    }
+    let got = admin
+        .get_storage_mode(admin_req(pb::GetStorageModeRequest {
+            tenant_id: "canary".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.global_mode, pb::StorageMode::Dynamodb as i32);
+    assert_eq!(
+        got.effective_mode,
+        pb::StorageMode::DualDynamodbPrimary as i32
+    );
+    // Persisted: a fresh read of the table (what a restarted replica loads) agrees.
+    let table = s.pg.load_modes(StorageMode::Postgres).await.unwrap();
+    assert_eq!(table.global, StorageMode::Postgres); // no global row was written
+    assert_eq!(
+        table.tenants.get("canary"),
+        Some(&StorageMode::DualDynamodbPrimary)
+    );
+    // A forced skip is allowed.
+    admin
+        .set_storage_mode(admin_req(pb::SetStorageModeRequest {
+            mode: pb::StorageMode::DualPostgresPrimary as i32,
+            force: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+}
+
+/// Flipping dual_dynamodb_primary -> dual_postgres_primary under concurrent writes:
+/// no call fails and every acknowledged write is readable afterwards from the store
+/// that became authoritative.
+#[tokio::test]
+async fn a_mode_flip_under_load_fails_no_call_and_loses_no_write() {
+    let s = ModeServer::start(StorageMode::DualDynamodbPrimary).await;
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let mut customers = s.customers();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..25 {
+                    let created = customers
+                        .create_customer(req(
+                            "tenant-flip",
+                            pb::CreateCustomerRequest {
+                                customer: Some(pb::Customer {
+                                    name: format!("W{w} C{i}"),
+                                    r#type: pb::CustomerType::Company as i32,
+                                    ..Default::default()
+                                }),
+                            },
+                        ))
+                        .await
+                        .expect("no call may fail during the flip")
+                        .into_inner();
+                    ids.push(created.id);
+                }
+                ids
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.admin()
+        .set_storage_mode(admin_req(pb::SetStorageModeRequest {
+            mode: pb::StorageMode::DualPostgresPrimary as i32,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    for w in writers {
+        all.extend(w.await.unwrap());
+    }
+    assert_eq!(all.len(), 100);
+    let mut customers = s.customers();
+    for id in &all {
+        customers
+            .get_customer(req(
+                "tenant-flip",
+                pb::GetCustomerRequest { id: id.clone() },
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged customer {id} lost: {e:?}"));
+    }
+    s.replicator.flush().await;
+    for id in &all {
+        let k = key(Entity::Customer, "tenant-flip", id);
+        assert!(
+            s.dynamo.load(&k).await.unwrap().is_some(),
+            "{id} missing in DynamoDB"
+        );
+    }
+}
