@@ -67,6 +67,36 @@ pub enum StoreError {
 /// Result of store calls.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Runs one store operation of backend `system`: times it and logs a failure once,
+/// labelled by `op` (internal errors as errors, outages as warnings, refusals at debug).
+pub(crate) async fn timed<T>(
+    system: &'static str,
+    op: &'static str,
+    fut: impl Future<Output = StoreResult<T>>,
+) -> StoreResult<T> {
+    let start = std::time::Instant::now();
+    let result = fut.await;
+    let duration_ms = start.elapsed().as_secs_f64() * 1e3;
+    match &result {
+        Ok(_) => tracing::trace!(
+            db.system = system,
+            db.operation = op,
+            duration_ms,
+            "store call"
+        ),
+        Err(StoreError::Internal(e)) => tracing::error!(
+            db.system = system, db.operation = op, duration_ms, error = %e, "store call failed"
+        ),
+        Err(StoreError::Unavailable(e)) => tracing::warn!(
+            db.system = system, db.operation = op, duration_ms, error = %e, "store unavailable"
+        ),
+        Err(e) => tracing::debug!(
+            db.system = system, db.operation = op, duration_ms, error = %e, "store call refused"
+        ),
+    }
+    result
+}
+
 /// A subtree read for GetTree: the top node, its descendants (in path order) and
 /// whether the node cap cut it short.
 #[derive(Clone, Debug)]

@@ -21,7 +21,6 @@ mod replica;
 mod tables;
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -97,40 +96,13 @@ impl DynamoStore {
         &self.tables
     }
 
-    /// Runs one store operation: times it and logs a failure once, labelled by `op`.
+    /// Runs one store operation through [`crate::storage::timed`].
     async fn timed<T>(
         &self,
         op: &'static str,
         fut: impl Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
-        let start = Instant::now();
-        let result = fut.await;
-        let duration_ms = start.elapsed().as_secs_f64() * 1e3;
-        match &result {
-            Ok(_) => tracing::trace!(db.system = "dynamodb", db.operation = op, duration_ms),
-            Err(StoreError::Internal(e)) => tracing::error!(
-                db.system = "dynamodb",
-                db.operation = op,
-                duration_ms,
-                error = %e,
-                "store call failed"
-            ),
-            Err(StoreError::Unavailable(e)) => tracing::warn!(
-                db.system = "dynamodb",
-                db.operation = op,
-                duration_ms,
-                error = %e,
-                "store unavailable"
-            ),
-            Err(e) => tracing::debug!(
-                db.system = "dynamodb",
-                db.operation = op,
-                duration_ms,
-                error = %e,
-                "store call refused"
-            ),
-        }
-        result
+        crate::storage::timed("dynamodb", op, fut).await
     }
 
     /// Strongly consistent GetItem by `tenantId`/`id`.

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query};
@@ -103,12 +103,6 @@ const WEBHOOK_FIELDS: &[&str] = &["id", "url", "events", "secretHash", "enabled"
 const ATTEMPTS: usize = 5;
 
 const NOT_FOUND: StoreError = StoreError::NotFound { entity: "partner" };
-
-/// Now, at the millisecond precision the item stores (so what a call returns is what a
-/// later read gives).
-fn now_ms() -> DateTime<Utc> {
-    super::item::now().trunc_subsecs(3)
-}
 
 /// A list of maps.
 fn map_list(maps: Vec<Item>) -> AttributeValue {
@@ -598,7 +592,7 @@ impl DynamoStore {
             let (mut rec, read) = self.read_partner(tenant, id).await?;
             check_version(expected, rec.partner.version)?;
             let read_version = rec.partner.version;
-            let out = change(&mut rec, now_ms())?;
+            let out = change(&mut rec, super::item::now())?;
             if self.write_partner(&rec, &read, read_version).await? {
                 return Ok((out, rec));
             }
@@ -637,7 +631,7 @@ impl PartnerStore for DynamoStore {
             {
                 return Err(email_taken());
             }
-            let now = now_ms();
+            let now = super::item::now();
             let partner = Partner {
                 tenant_id: ctx.tenant.clone(),
                 id: new.id,
@@ -699,7 +693,7 @@ impl PartnerStore for DynamoStore {
                 let p = &mut rec.partner;
                 patch.clone().apply(&mut p.profile);
                 p.version += 1;
-                p.updated_at = now_ms();
+                p.updated_at = super::item::now();
                 p.updated_by = Some(ctx.actor.as_str().to_owned());
                 // As in register: checked before the write, so not race-free.
                 if p.profile.contact_email != old_email

@@ -19,7 +19,7 @@ pub mod schema;
 mod tls;
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -115,28 +115,13 @@ impl PgStore {
         })
     }
 
-    /// Runs one store operation: times it and logs a failure once, labelled by `op`.
+    /// Runs one store operation through [`crate::storage::timed`].
     async fn timed<T>(
         &self,
         op: &'static str,
         fut: impl Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
-        let start = Instant::now();
-        let result = fut.await;
-        let duration_ms = start.elapsed().as_secs_f64() * 1e3;
-        match &result {
-            Ok(_) => tracing::trace!(db.operation = op, duration_ms, "store call"),
-            Err(StoreError::Internal(e)) => {
-                tracing::error!(db.operation = op, duration_ms, error = %e, "store call failed")
-            }
-            Err(StoreError::Unavailable(e)) => {
-                tracing::warn!(db.operation = op, duration_ms, error = %e, "store unavailable")
-            }
-            Err(e) => {
-                tracing::debug!(db.operation = op, duration_ms, error = %e, "store call refused")
-            }
-        }
-        result
+        crate::storage::timed("postgresql", op, fut).await
     }
 }
 
