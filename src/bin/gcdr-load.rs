@@ -77,6 +77,10 @@ enum Command {
         /// For `move`: the two parents the subtree alternates between.
         #[arg(long, num_args = 2)]
         parents: Vec<String>,
+        /// Calls per second over all workers (0: as fast as they go). A paced run
+        /// measures latency at a load the stores sustain, not queueing at saturation.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
     },
 }
 
@@ -92,6 +96,8 @@ enum Op {
     Move,
     /// AuthorizationService.Check of `bench-user` on a random customer of the tenant.
     Check,
+    /// CreateCustomer of a new root customer (a write in every storage mode).
+    Create,
 }
 
 #[tokio::main]
@@ -116,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
             warmup_seconds,
             root,
             parents,
+            rate,
         } => {
             let cfg = RunConfig {
                 tenant,
@@ -125,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
                 warmup_seconds,
                 root,
                 parents,
+                rate,
             };
             run(&addr, connections, cfg).await
         }
@@ -243,6 +251,7 @@ struct RunConfig {
     warmup_seconds: f64,
     root: Option<String>,
     parents: Vec<String>,
+    rate: f64,
 }
 
 async fn run(addr: &str, connections: usize, cfg: RunConfig) -> anyhow::Result<()> {
@@ -287,6 +296,9 @@ async fn run(addr: &str, connections: usize, cfg: RunConfig) -> anyhow::Result<(
     let warmup_end = start + Duration::from_secs_f64(cfg.warmup_seconds);
     let end = warmup_end + Duration::from_secs_f64(cfg.seconds);
     let ids = std::sync::Arc::new(ids);
+    // Paced runs: each worker starts one call every `interval`, staggered.
+    let interval = (cfg.rate > 0.0).then(|| Duration::from_secs_f64(concurrency as f64 / cfg.rate));
+    let run_tag = uuid::Uuid::new_v4().simple().to_string();
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
         let channel = channels[worker % channels.len()].clone();
@@ -299,11 +311,20 @@ async fn run(addr: &str, connections: usize, cfg: RunConfig) -> anyhow::Result<(
             cfg.parents.clone(),
             cfg.op,
         );
+        let tag = format!("{run_tag}-{worker}");
         tasks.push(tokio::spawn(async move {
             let mut hist =
                 Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
             let (mut errors, mut rows, mut flip) = (0u64, 0u64, 0usize);
+            let mut next = start
+                + interval.map_or(Duration::ZERO, |i| {
+                    i.mul_f64(worker as f64 / concurrency as f64)
+                });
             while Instant::now() < end {
+                if let Some(i) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += i;
+                }
                 let t0 = Instant::now();
                 let result: Result<u64, tonic::Status> = match op {
                     Op::Get => {
@@ -338,6 +359,25 @@ async fn run(addr: &str, connections: usize, cfg: RunConfig) -> anyhow::Result<(
                             .check(req(&tenant, check))
                             .await
                             .map(|r| u64::from(r.into_inner().allowed))
+                    }
+                    Op::Create => {
+                        // A random head keeps generated codes (the name's first 20
+                        // characters) apart, as real customer names are.
+                        let head: u64 = rand::rng().random();
+                        let customer = pb::Customer {
+                            name: format!("{head:016x} load {tag}"),
+                            r#type: pb::CustomerType::Company as i32,
+                            ..Default::default()
+                        };
+                        client
+                            .create_customer(req(
+                                &tenant,
+                                pb::CreateCustomerRequest {
+                                    customer: Some(customer),
+                                },
+                            ))
+                            .await
+                            .map(|_| 1)
                     }
                     Op::Move => {
                         flip += 1;
@@ -388,9 +428,14 @@ async fn run(addr: &str, connections: usize, cfg: RunConfig) -> anyhow::Result<(
     }
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "op={:?} concurrency={concurrency} seconds={:.1} ok={} errors={errors} rate={:.1}/s rows_per_op={:.0} \
+        "op={:?} concurrency={concurrency} offered={} seconds={:.1} ok={} errors={errors} rate={:.1}/s rows_per_op={:.0} \
          p50={:.3}ms p99={:.3}ms max={:.3}ms",
         cfg.op,
+        if cfg.rate > 0.0 {
+            format!("{:.0}/s", cfg.rate)
+        } else {
+            "max".into()
+        },
         cfg.seconds,
         hist.len(),
         hist.len() as f64 / cfg.seconds,

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Benchmark: the cost of dual write. For each storage mode (postgres,
+# dual_postgres_primary, dynamodb, dual_dynamodb_primary) it starts a fresh server (fresh
+# PostgreSQL database, fresh legacy tables on the DynamoDB emulator), then measures
+# CreateCustomer and GetCustomer latency at a paced load, and finally how long the
+# replicator took to drain (the secondary's row count catching up with the primary's).
+#
+#   bash scripts/bench-dual.sh                     # 15 s per measurement, 100 calls/s
+#   SECONDS_PER_RUN=30 RATE=200 bash scripts/bench-dual.sh
+#   EMULATOR=dynalite bash scripts/bench-dual.sh   # the faster emulator (npm, no transactions)
+#   MODES="postgres dual_postgres_primary" bash scripts/bench-dual.sh
+#
+# The default emulator is moto (~500 PutItem/s here, and its index queries scan the
+# table): the paced rate must stay below what it sustains, or a mode just measures
+# moto's queue. Both emulators share the 2 cores with the server and PostgreSQL, so the
+# CPU they burn on the copies shows up in the dual modes' latency too. Compare each dual
+# mode with the single mode of its authoritative store, from the same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/ensure-postgres.sh
+if [ "${EMULATOR:-moto}" = dynalite ]; then
+  bash scripts/ensure-dynalite.sh
+  DYNAMO=${GCDR_DYNALITE_URL:-http://127.0.0.1:8766}
+else
+  bash scripts/ensure-dynamodb.sh
+  DYNAMO=${GCDR_TEST_DYNAMODB_URL:-http://127.0.0.1:8765}
+fi
+cargo build --release --quiet --bins
+
+DUR=${SECONDS_PER_RUN:-15}
+RATE=${RATE:-100}
+CONC=${CONCURRENCY:-8}
+DB=gcdr_bench_dual
+ADDR=127.0.0.1:50062
+LOAD=./target/release/gcdr-load
+BIN=./target/release/gcdr-data
+T=bench-dual
+tmp=$(mktemp -d)
+trap 'kill "${server:-0}" 2>/dev/null || true; [ -n "${KEEP_LOGS:-}" ] && echo "logs in $tmp" || rm -rf "$tmp"' EXIT
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
+
+echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
+echo "== $RATE calls/s offered over $CONC workers, $DUR s per measurement, emulator $DYNAMO"
+n=0
+for mode in ${MODES:-postgres dual_postgres_primary dynamodb dual_dynamodb_primary}; do
+  n=$((n + 1))
+  stage="benchdual$n$$"
+  psql -h 127.0.0.1 -U postgres -d postgres -q -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
+  env=(PGDATABASE=$DB DYNAMODB_ENDPOINT=$DYNAMO GCDR_STAGE=$stage GCDR_STORAGE_MODE=$mode
+       GCDR_LISTEN_ADDR=$ADDR RUST_LOG=warn)
+  env "${env[@]}" $BIN dynamodb create-tables >/dev/null
+  env "${env[@]}" $BIN serve >"$tmp/server-$mode.log" 2>&1 &
+  server=$!
+  for _ in $(seq 1 100); do
+    $LOAD run --addr http://$ADDR --tenant $T --op list --concurrency 1 --seconds 0.1 \
+      --warmup-seconds 0 >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  echo
+  echo "== mode $mode"
+  $LOAD run --addr http://$ADDR --tenant $T --op create --concurrency "$CONC" --connections 1 \
+    --rate "$RATE" --seconds "$DUR" --warmup-seconds 2
+  $LOAD run --addr http://$ADDR --tenant $T --op get --concurrency "$CONC" --connections 1 \
+    --rate "$RATE" --seconds "$DUR" --warmup-seconds 1
+  kill -TERM $server && wait $server || true   # a clean stop flushes the replicator
+  pg=$(psql -h 127.0.0.1 -U postgres -d $DB -Atq -c "SELECT count(*) FROM customers WHERE tenant_id = '$T'")
+  echo "customers in PostgreSQL after stop: $pg"
+done
