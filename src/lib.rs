@@ -7,6 +7,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod migration;
 pub mod storage;
 pub mod telemetry;
 

@@ -22,11 +22,11 @@ use crate::harness::{fresh_database, req};
 
 const TOKEN: &str = "test-admin-token";
 
-fn dynamo_url() -> String {
+pub fn dynamo_url() -> String {
     std::env::var("GCDR_TEST_DYNAMODB_URL").unwrap_or_else(|_| "http://127.0.0.1:8765".into())
 }
 
-fn dynamo_config(endpoint: &str, stage: &str) -> DynamoConfig {
+pub fn dynamo_config(endpoint: &str, stage: &str) -> DynamoConfig {
     DynamoConfig {
         endpoint: Some(endpoint.to_owned()),
         region: "sa-east-1".into(),
@@ -35,22 +35,22 @@ fn dynamo_config(endpoint: &str, stage: &str) -> DynamoConfig {
 }
 
 /// A server over a fresh database and fresh tables, in `mode`.
-struct ModeServer {
-    channel: Channel,
-    pg: PgStore,
-    dynamo: DynamoStore,
-    replicator: gcdr_data::storage::router::Replicator,
+pub struct ModeServer {
+    pub channel: Channel,
+    pub pg: PgStore,
+    pub dynamo: DynamoStore,
+    pub replicator: gcdr_data::storage::router::Replicator,
     _stop: oneshot::Sender<()>,
 }
 
 impl ModeServer {
-    async fn start(mode: StorageMode) -> Self {
+    pub async fn start(mode: StorageMode) -> Self {
         Self::start_with(mode, &dynamo_url()).await
     }
 
     /// `endpoint`: where the server's DynamoDB client points (a dead port simulates
     /// an unreachable DynamoDB); the tables are always created on the real emulator.
-    async fn start_with(mode: StorageMode, endpoint: &str) -> Self {
+    pub async fn start_with(mode: StorageMode, endpoint: &str) -> Self {
         let stage = format!("t{}", Uuid::new_v4().simple());
         let real = DynamoStore::connect(&dynamo_config(&dynamo_url(), &stage)).await;
         gcdr_data::storage::dynamodb::create_tables(real.client(), real.tables())
@@ -104,23 +104,23 @@ impl ModeServer {
         }
     }
 
-    fn customers(&self) -> pb::customer_service_client::CustomerServiceClient<Channel> {
+    pub fn customers(&self) -> pb::customer_service_client::CustomerServiceClient<Channel> {
         pb::customer_service_client::CustomerServiceClient::new(self.channel.clone())
     }
 
-    fn assets(&self) -> pb::asset_service_client::AssetServiceClient<Channel> {
+    pub fn assets(&self) -> pb::asset_service_client::AssetServiceClient<Channel> {
         pb::asset_service_client::AssetServiceClient::new(self.channel.clone())
     }
 
-    fn devices(&self) -> pb::device_service_client::DeviceServiceClient<Channel> {
+    pub fn devices(&self) -> pb::device_service_client::DeviceServiceClient<Channel> {
         pb::device_service_client::DeviceServiceClient::new(self.channel.clone())
     }
 
-    fn admin(&self) -> StorageAdminServiceClient<Channel> {
+    pub fn admin(&self) -> StorageAdminServiceClient<Channel> {
         StorageAdminServiceClient::new(self.channel.clone())
     }
 
-    fn store(&self, b: Backend) -> &dyn Replica {
+    pub fn store(&self, b: Backend) -> &dyn Replica {
         match b {
             Backend::Postgres => &self.pg,
             Backend::Dynamodb => &self.dynamo,
@@ -128,14 +128,14 @@ impl ModeServer {
     }
 }
 
-fn admin_req<T>(msg: T) -> tonic::Request<T> {
+pub fn admin_req<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut()
         .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
     r
 }
 
-fn key(entity: Entity, tenant: &str, id: &str) -> RecordKey {
+pub fn key(entity: Entity, tenant: &str, id: &str) -> RecordKey {
     RecordKey {
         entity,
         tenant: TenantId::parse(tenant).unwrap(),

@@ -26,7 +26,7 @@ pub fn record_item(r: &Record) -> StoreResult<Item> {
     }
 }
 
-fn record_from_item(entity: Entity, item: &Item) -> StoreResult<Record> {
+pub(super) fn record_from_item(entity: Entity, item: &Item) -> StoreResult<Record> {
     Ok(match entity {
         Entity::Customer => Record::Customer(customers::from_item(item)?),
         Entity::Asset => Record::Asset(assets::from_item(item)?),

@@ -33,6 +33,7 @@ use super::{bad_cursor, check_version, first_free_code};
 
 pub use hierarchy::customer_descendants_sql;
 pub use modes::GLOBAL;
+pub use replica::{upsert_record, upsert_records};
 pub use tls::{TlsSettings, establish};
 
 /// The schema migrations, embedded in the binary.
@@ -69,7 +70,7 @@ pub struct PgStore {
     pool: Pool<AsyncPgConnection>,
 }
 
-type Conn<'a> = PooledConnection<'a, AsyncPgConnection>;
+pub type Conn<'a> = PooledConnection<'a, AsyncPgConnection>;
 
 impl PgStore {
     /// Builds the pool. Connections are opened lazily, so this succeeds while the
@@ -104,7 +105,7 @@ impl PgStore {
     }
 
     /// Checks a connection out of the pool.
-    async fn conn(&self) -> StoreResult<Conn<'_>> {
+    pub async fn conn(&self) -> StoreResult<Conn<'_>> {
         self.pool.get().await.map_err(|e| match e {
             bb8::RunError::TimedOut => {
                 StoreError::Unavailable("timed out waiting for a database connection".into())

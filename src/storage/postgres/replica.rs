@@ -130,6 +130,149 @@ async fn upsert_assignment(conn: &mut AsyncPgConnection, a: &RoleAssignment) -> 
     versioned_upsert!(conn, role_assignments, row)
 }
 
+/// Upserts many rows of a table keyed `(tenant_id, id)` in one statement, each only
+/// when the stored version is not newer; returns the rows written.
+macro_rules! bulk_versioned_upsert {
+    ($conn:expr, $table:ident, $rows:expr, [$($col:ident),+ $(,)?]) => {{
+        diesel::query_dsl::methods::FilterDsl::filter(
+            diesel::insert_into($table::table)
+                .values($rows)
+                .on_conflict(($table::tenant_id, $table::id))
+                .do_update()
+                .set(($($table::$col.eq(excluded($table::$col)),)+)),
+            $table::version.le(excluded($table::version)),
+        )
+        .execute($conn)
+        .await
+        .map_err(StoreError::from)
+    }};
+}
+
+/// Upserts one whole record on `conn` (inside the caller's transaction), never
+/// moving it backwards; `false` when the stored version is newer.
+pub async fn upsert_record(conn: &mut AsyncPgConnection, record: &Record) -> StoreResult<bool> {
+    match record {
+        Record::Customer(c) => versioned_upsert!(conn, customers, CustomerRow::from_domain(c)?),
+        Record::Asset(a) => versioned_upsert!(conn, assets, AssetRow::from_domain(a)?),
+        Record::Device(d) => versioned_upsert!(conn, devices, DeviceRow::from_domain(d)?),
+        Record::Policy(p) => versioned_upsert!(conn, policies, PolicyRow::from_domain(p)?),
+        Record::Role(r) => upsert_role(conn, r).await,
+        Record::Assignment(a) => upsert_assignment(conn, a).await,
+        Record::Partner(p) => super::partners::upsert_record(conn, p).await,
+    }
+}
+
+/// Upserts records of one entity on `conn` (customers, assets and devices in one
+/// multi-row statement; the others one by one), never moving a row backwards; returns
+/// how many were written (the rest were older than what PostgreSQL has).
+pub async fn upsert_records(
+    conn: &mut AsyncPgConnection,
+    records: &[Record],
+) -> StoreResult<usize> {
+    let mut customers_ = Vec::new();
+    let mut assets_ = Vec::new();
+    let mut devices_ = Vec::new();
+    let mut written = 0;
+    for r in records {
+        match r {
+            Record::Customer(c) => customers_.push(CustomerRow::from_domain(c)?),
+            Record::Asset(a) => assets_.push(AssetRow::from_domain(a)?),
+            Record::Device(d) => devices_.push(DeviceRow::from_domain(d)?),
+            other => written += usize::from(upsert_record(conn, other).await?),
+        }
+    }
+    if !customers_.is_empty() {
+        written += bulk_versioned_upsert!(
+            conn,
+            customers,
+            &customers_,
+            [
+                parent_customer_id,
+                path,
+                depth,
+                name,
+                display_name,
+                code,
+                type_,
+                email,
+                phone,
+                address,
+                settings,
+                theme,
+                metadata,
+                status,
+                version,
+                created_at,
+                updated_at,
+                created_by,
+                updated_by,
+            ]
+        )?;
+    }
+    if !assets_.is_empty() {
+        written += bulk_versioned_upsert!(
+            conn,
+            assets,
+            &assets_,
+            [
+                customer_id,
+                parent_asset_id,
+                path,
+                depth,
+                name,
+                display_name,
+                code,
+                type_,
+                description,
+                location,
+                specs,
+                tags,
+                metadata,
+                status,
+                version,
+                created_at,
+                updated_at,
+                created_by,
+                updated_by,
+            ]
+        )?;
+    }
+    if !devices_.is_empty() {
+        written += bulk_versioned_upsert!(
+            conn,
+            devices,
+            &devices_,
+            [
+                asset_id,
+                customer_id,
+                name,
+                display_name,
+                label,
+                type_,
+                description,
+                serial_number,
+                external_id,
+                specs,
+                credentials,
+                telemetry_config,
+                tags,
+                metadata,
+                attributes,
+                connectivity_status,
+                last_connected_at,
+                last_disconnected_at,
+                status,
+                version,
+                created_at,
+                updated_at,
+                created_by,
+                updated_by,
+            ]
+        )?;
+    }
+    Ok(written)
+}
+
 #[async_trait]
 impl Replica for PgStore {
     fn backend(&self) -> Backend {
@@ -166,18 +309,8 @@ impl Replica for PgStore {
     async fn upsert(&self, record: &Record) -> StoreResult<bool> {
         self.timed("replica.upsert", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| match record {
-                Record::Customer(c) => {
-                    versioned_upsert!(conn, customers, CustomerRow::from_domain(c)?)
-                }
-                Record::Asset(a) => versioned_upsert!(conn, assets, AssetRow::from_domain(a)?),
-                Record::Device(d) => versioned_upsert!(conn, devices, DeviceRow::from_domain(d)?),
-                Record::Policy(p) => versioned_upsert!(conn, policies, PolicyRow::from_domain(p)?),
-                Record::Role(r) => upsert_role(conn, r).await,
-                Record::Assignment(a) => upsert_assignment(conn, a).await,
-                Record::Partner(p) => super::partners::upsert_record(conn, p).await,
-            })
-            .await
+            conn.transaction(async |conn| upsert_record(conn, record).await)
+                .await
         })
         .await
     }

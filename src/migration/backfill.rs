@@ -1,0 +1,1 @@
+//! `gcdr-data backfill` (being written).

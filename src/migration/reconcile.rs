@@ -1,0 +1,1 @@
+//! `gcdr-data reconcile` (being written).

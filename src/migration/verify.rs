@@ -1,0 +1,1 @@
+//! `gcdr-data verify` (being written).

@@ -1,0 +1,177 @@
+//! Whole-table reads for the migration tools: parallel Scan segments with a resumable
+//! position, consistent BatchGetItem by key, the table's approximate size, and a
+//! lossless JSON form of an item (DynamoDB JSON) for the quarantine table.
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use serde_json::{Value, json};
+
+use super::{DynamoStore, Item, s, sdk_error};
+use crate::storage::replica::{Entity, Record};
+use crate::storage::{StoreError, StoreResult};
+
+/// Where a Scan segment stopped: its `LastEvaluatedKey` (`tenantId`, `id`) as strings.
+pub type ScanKey = BTreeMap<String, String>;
+
+/// One page of a Scan segment.
+pub struct ScanPage {
+    pub items: Vec<Item>,
+    /// `None` when the segment is finished.
+    pub next: Option<ScanKey>,
+}
+
+impl DynamoStore {
+    /// One page (at most `limit` items) of segment `segment` of `total`, from `start`.
+    pub async fn scan_page(
+        &self,
+        entity: Entity,
+        segment: i32,
+        total: i32,
+        start: Option<&ScanKey>,
+        limit: i32,
+    ) -> StoreResult<ScanPage> {
+        let start = start.map(|k| {
+            k.iter()
+                .map(|(name, v)| (name.clone(), s(v.as_str())))
+                .collect::<HashMap<_, _>>()
+        });
+        let out = self
+            .client
+            .scan()
+            .table_name(self.table_of(entity))
+            .segment(segment)
+            .total_segments(total)
+            .limit(limit)
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        let next = match out.last_evaluated_key {
+            Some(key) if !key.is_empty() => Some(
+                key.into_iter()
+                    .map(|(name, v)| match v {
+                        AttributeValue::S(v) => Ok((name, v)),
+                        other => Err(StoreError::Internal(
+                            format!("scan key attribute {name} is not a string: {other:?}").into(),
+                        )),
+                    })
+                    .collect::<StoreResult<ScanKey>>()?,
+            ),
+            _ => None,
+        };
+        Ok(ScanPage {
+            items: out.items.unwrap_or_default(),
+            next,
+        })
+    }
+
+    /// The items of `keys` (tenant, id) that exist, read consistently, in no
+    /// particular order.
+    pub async fn batch_get(
+        &self,
+        entity: Entity,
+        keys: &[(String, String)],
+    ) -> StoreResult<Vec<Item>> {
+        let table = self.table_of(entity).to_owned();
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let mut pending: Vec<HashMap<String, AttributeValue>> = chunk
+                .iter()
+                .map(|(t, id)| {
+                    HashMap::from([
+                        ("tenantId".to_owned(), s(t.as_str())),
+                        ("id".to_owned(), s(id.as_str())),
+                    ])
+                })
+                .collect();
+            pending.dedup();
+            let mut rounds = 0;
+            while !pending.is_empty() {
+                rounds += 1;
+                if rounds > 1 {
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * rounds)).await;
+                }
+                if rounds > 20 {
+                    return Err(StoreError::Unavailable(
+                        "DynamoDB keeps returning unprocessed keys; retry".into(),
+                    ));
+                }
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut pending)))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| StoreError::Internal(e.into()))?;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&table, request)
+                    .send()
+                    .await
+                    .map_err(sdk_error)?;
+                if let Some(mut r) = out.responses {
+                    found.extend(r.remove(&table).unwrap_or_default());
+                }
+                if let Some(mut u) = out.unprocessed_keys {
+                    if let Some(k) = u.remove(&table) {
+                        pending = k.keys;
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// One item by key, read consistently, as stored.
+    pub async fn get_raw(
+        &self,
+        entity: Entity,
+        tenant: &str,
+        id: &str,
+    ) -> StoreResult<Option<Item>> {
+        self.get_item(self.table_of(entity), tenant, id).await
+    }
+
+    /// DescribeTable's item count (AWS refreshes it about every six hours; an
+    /// estimate for progress and ETA only).
+    pub async fn approximate_count(&self, entity: Entity) -> StoreResult<Option<i64>> {
+        let out = self
+            .client
+            .describe_table()
+            .table_name(self.table_of(entity))
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        Ok(out.table.and_then(|t| t.item_count))
+    }
+}
+
+/// The record a legacy item of `entity` decodes to.
+pub fn record_from_item(entity: Entity, item: &Item) -> StoreResult<Record> {
+    super::replica::record_from_item(entity, item)
+}
+
+/// The item in DynamoDB JSON (`{"name": {"S": "..."}}`), nothing lost.
+pub fn item_json(item: &Item) -> Value {
+    Value::Object(
+        item.iter()
+            .map(|(k, v)| (k.clone(), attr_json(v)))
+            .collect(),
+    )
+}
+
+fn attr_json(a: &AttributeValue) -> Value {
+    match a {
+        AttributeValue::S(v) => json!({ "S": v }),
+        AttributeValue::N(v) => json!({ "N": v }),
+        AttributeValue::Bool(v) => json!({ "BOOL": v }),
+        AttributeValue::Null(_) => json!({ "NULL": true }),
+        AttributeValue::Ss(v) => json!({ "SS": v }),
+        AttributeValue::Ns(v) => json!({ "NS": v }),
+        AttributeValue::L(v) => json!({ "L": v.iter().map(attr_json).collect::<Vec<_>>() }),
+        AttributeValue::M(m) => json!({ "M": item_json(m) }),
+        AttributeValue::B(b) => json!({ "B": format!("{} bytes", b.as_ref().len()) }),
+        other => json!({ "?": format!("{other:?}") }),
+    }
+}
