@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gcdr_data::config::Config;
+use gcdr_data::migration::Stores;
 use gcdr_data::storage::postgres::{self, PgStore};
 
 /// The GCDR data-access service.
@@ -27,6 +28,17 @@ enum Command {
         #[command(subcommand)]
         command: DynamodbCommand,
     },
+    /// Copy the legacy DynamoDB tables into PostgreSQL (RFC-0004 phase 2); resumable.
+    Backfill {
+        #[command(subcommand)]
+        command: BackfillCommand,
+    },
+    /// Compare DynamoDB and PostgreSQL: counts, checksums and every field. Exit status
+    /// 0 only at parity.
+    Verify(gcdr_data::migration::verify::VerifyArgs),
+    /// Make the secondary store match the authoritative one for the keys a verify
+    /// report or the dual-write divergence logs name. Idempotent.
+    Reconcile(gcdr_data::migration::reconcile::ReconcileArgs),
     /// Read or switch the storage mode of a running server (StorageAdminService;
     /// needs GCDR_ADMIN_TOKEN).
     Mode {
@@ -43,6 +55,23 @@ enum DynamodbCommand {
     /// Create the missing legacy tables with their indexes (DYNAMODB_ENDPOINT,
     /// AWS_REGION, GCDR_STAGE and the per-table overrides name them).
     CreateTables,
+}
+
+#[derive(Subcommand)]
+enum BackfillCommand {
+    /// Run (or resume) a backfill.
+    Run(gcdr_data::migration::backfill::BackfillArgs),
+    /// Change the throttle of a running backfill (items/s; 0 = unthrottled).
+    Rate {
+        rate: f64,
+        #[arg(long, default_value = "backfill")]
+        run_id: String,
+    },
+    /// Counts of a run so far, per table, and quarantined items by reason.
+    Status {
+        #[arg(long, default_value = "backfill")]
+        run_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -114,6 +143,34 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Mode { addr, command } => mode_command(&addr, command, &config).await,
+        Command::Backfill { command } => {
+            use gcdr_data::migration::backfill;
+            let stores = Stores::connect(&config).await?;
+            match command {
+                BackfillCommand::Run(args) => {
+                    let summary = backfill::run(&stores, &args).await?;
+                    backfill::print_summary(&summary);
+                }
+                BackfillCommand::Rate { rate, run_id } => {
+                    backfill::set_rate(&stores, &run_id, rate).await?;
+                    println!("run {run_id}: throttle set to {rate} items/s");
+                }
+                BackfillCommand::Status { run_id } => backfill::status(&stores, &run_id).await?,
+            }
+            Ok(())
+        }
+        Command::Verify(args) => {
+            let stores = Stores::connect(&config).await?;
+            if !gcdr_data::migration::verify::main(&stores, args).await? {
+                // Not at parity: the report says why; the exit status says so to scripts.
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Reconcile(args) => {
+            let stores = Stores::connect(&config).await?;
+            gcdr_data::migration::reconcile::main(&stores, args).await
+        }
     }
 }
 

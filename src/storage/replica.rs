@@ -131,6 +131,10 @@ pub trait Replica: Send + Sync {
     /// reordered copy never moves a record backwards. Returns whether it was written.
     async fn upsert(&self, record: &Record) -> StoreResult<bool>;
 
+    /// Writes the record whatever version is stored: reconcile making a store hold
+    /// exactly the authoritative copy, even when that copy is older than its own.
+    async fn overwrite(&self, record: &Record) -> StoreResult<()>;
+
     /// Removes the record if present.
     async fn remove(&self, key: &RecordKey) -> StoreResult<()>;
 }

@@ -2,11 +2,13 @@
 
 mod access;
 mod assets;
+mod backfill;
 mod customers;
 mod devices;
 mod harness;
 mod hierarchy;
 mod isolation;
+mod migration_verify;
 mod partners;
 mod server;
 mod storage_modes;

@@ -1373,7 +1373,12 @@ mod tests {
         let w = policy_overwrite(&p, Expect::Version(1)).unwrap();
         assert!(w.expression.contains(" REMOVE "));
         assert!(w.names.values().any(|n| n == "conditions"));
-        assert!(w.condition.contains("#ver = :expected"));
+        assert!(
+            w.condition
+                .as_deref()
+                .unwrap_or_default()
+                .contains("#ver = :expected")
+        );
         assert!(!w.values.values().any(has_null));
     }
 

@@ -346,6 +346,9 @@ enum Expect {
     /// The item is absent or its stored version is not newer than the written one
     /// (replication: never move a record backwards).
     NotNewer(i64),
+    /// None: the item is written whatever is stored (reconcile making a secondary
+    /// hold exactly the authoritative copy, even an older version).
+    Any,
 }
 
 /// An UpdateItem that sets every non-key attribute of `item`, removes the attributes
@@ -355,7 +358,7 @@ enum Expect {
 struct Overwrite {
     key: Item,
     expression: String,
-    condition: String,
+    condition: Option<String>,
     names: HashMap<String, String>,
     values: HashMap<String, AttributeValue>,
 }
@@ -390,17 +393,20 @@ impl Overwrite {
         if !removes.is_empty() {
             expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
         }
-        names.insert("#ver".into(), "version".into());
         let condition = match expect {
             Expect::Version(v) => {
                 values.insert(":expected".into(), n(v));
-                "attribute_exists(id) AND #ver = :expected".to_owned()
+                Some("attribute_exists(id) AND #ver = :expected".to_owned())
             }
             Expect::NotNewer(v) => {
                 values.insert(":incoming".into(), n(v));
-                "attribute_not_exists(id) OR #ver <= :incoming".to_owned()
+                Some("attribute_not_exists(id) OR #ver <= :incoming".to_owned())
             }
+            Expect::Any => None,
         };
+        if condition.is_some() {
+            names.insert("#ver".into(), "version".into());
+        }
         Self {
             key,
             expression,
@@ -416,7 +422,7 @@ impl Overwrite {
             .table_name(table)
             .set_key(Some(self.key))
             .update_expression(self.expression)
-            .condition_expression(self.condition)
+            .set_condition_expression(self.condition)
             .set_expression_attribute_names(Some(self.names))
             .set_expression_attribute_values(Some(self.values))
             .build()
@@ -436,7 +442,7 @@ impl DynamoStore {
             .table_name(table)
             .set_key(Some(w.key))
             .update_expression(w.expression)
-            .condition_expression(w.condition)
+            .set_condition_expression(w.condition)
             .set_expression_attribute_names(Some(w.names))
             .set_expression_attribute_values(Some(w.values))
             .send()

@@ -84,7 +84,17 @@ impl Replica for DynamoStore {
         self.timed("replica.upsert", async {
             let key = record.key();
             let w = record_overwrite(record, Expect::NotNewer(record.version()))?;
-            self.overwrite(self.table_of(key.entity), w).await
+            DynamoStore::overwrite(self, self.table_of(key.entity), w).await
+        })
+        .await
+    }
+
+    async fn overwrite(&self, record: &Record) -> StoreResult<()> {
+        self.timed("replica.overwrite", async {
+            let key = record.key();
+            let w = record_overwrite(record, Expect::Any)?;
+            DynamoStore::overwrite(self, self.table_of(key.entity), w).await?;
+            Ok(())
         })
         .await
     }

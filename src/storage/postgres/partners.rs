@@ -762,25 +762,31 @@ pub(super) async fn load_record(
     }))
 }
 
-/// Writes the whole record unless the stored partner is newer; its keys, clients and
-/// webhooks are replaced with the record's. Runs inside the caller's transaction.
-pub(super) async fn upsert_record(
+/// Writes the whole record unless the stored partner is newer (with `force`: whatever
+/// the stored version); its keys, clients and webhooks are replaced with the record's.
+/// Runs inside the caller's transaction.
+pub(super) async fn write_record(
     conn: &mut AsyncPgConnection,
     rec: &PartnerRecord,
+    force: bool,
 ) -> StoreResult<bool> {
     use diesel::upsert::excluded;
     let row = PartnerRow::from_domain(&rec.partner)?;
-    let written = diesel::query_dsl::methods::FilterDsl::filter(
-        diesel::insert_into(partners::table)
-            .values(&row)
-            .on_conflict((dsl::tenant_id, dsl::id))
-            .do_update()
-            .set(&row),
-        dsl::version.le(excluded(dsl::version)),
-    )
-    .execute(conn)
-    .await?
-        > 0;
+    let insert = diesel::insert_into(partners::table)
+        .values(&row)
+        .on_conflict((dsl::tenant_id, dsl::id))
+        .do_update()
+        .set(&row);
+    let written = if force {
+        insert.execute(conn).await?
+    } else {
+        diesel::query_dsl::methods::FilterDsl::filter(
+            insert,
+            dsl::version.le(excluded(dsl::version)),
+        )
+        .execute(conn)
+        .await?
+    } > 0;
     if !written {
         return Ok(false);
     }

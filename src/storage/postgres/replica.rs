@@ -37,8 +37,25 @@ fn absent_ok<T>(r: StoreResult<T>) -> StoreResult<Option<T>> {
 }
 
 /// Upserts one row of a table keyed `(tenant_id, id)` with a `version` column, only
-/// when the stored version is not newer.
+/// when the stored version is not newer; with a trailing `force` expression that is
+/// true, whatever the stored version.
 macro_rules! versioned_upsert {
+    ($conn:expr, $table:ident, $row:expr, $force:expr) => {{
+        if $force {
+            let row = $row;
+            diesel::insert_into($table::table)
+                .values(&row)
+                .on_conflict(($table::tenant_id, $table::id))
+                .do_update()
+                .set(&row)
+                .execute($conn)
+                .await
+                .map(|n| n > 0)
+                .map_err(StoreError::from)
+        } else {
+            versioned_upsert!($conn, $table, $row)
+        }
+    }};
     ($conn:expr, $table:ident, $row:expr) => {{
         let row = $row;
         diesel::query_dsl::methods::FilterDsl::filter(
@@ -56,7 +73,7 @@ macro_rules! versioned_upsert {
     }};
 }
 
-async fn upsert_role(conn: &mut AsyncPgConnection, r: &Role) -> StoreResult<bool> {
+async fn upsert_role(conn: &mut AsyncPgConnection, r: &Role, force: bool) -> StoreResult<bool> {
     let tenant = r.tenant_id.as_str();
     let ids: Vec<(String, Uuid)> = policies::table
         .filter(policies::tenant_id.eq(tenant))
@@ -64,7 +81,7 @@ async fn upsert_role(conn: &mut AsyncPgConnection, r: &Role) -> StoreResult<bool
         .select((policies::key, policies::id))
         .load(conn)
         .await?;
-    if !versioned_upsert!(&mut *conn, roles, RoleRow::from_domain(r))? {
+    if !versioned_upsert!(&mut *conn, roles, RoleRow::from_domain(r), force)? {
         return Ok(false);
     }
     diesel::delete(
@@ -96,7 +113,11 @@ async fn upsert_role(conn: &mut AsyncPgConnection, r: &Role) -> StoreResult<bool
     Ok(true)
 }
 
-async fn upsert_assignment(conn: &mut AsyncPgConnection, a: &RoleAssignment) -> StoreResult<bool> {
+async fn upsert_assignment(
+    conn: &mut AsyncPgConnection,
+    a: &RoleAssignment,
+    force: bool,
+) -> StoreResult<bool> {
     let role_id: Uuid = roles::table
         .filter(roles::tenant_id.eq(a.tenant_id.as_str()))
         .filter(roles::key.eq(&a.role_key))
@@ -127,7 +148,7 @@ async fn upsert_assignment(conn: &mut AsyncPgConnection, a: &RoleAssignment) -> 
         created_by: a.granted_by.clone(),
         updated_by: a.revoked_by.clone(),
     };
-    versioned_upsert!(conn, role_assignments, row)
+    versioned_upsert!(conn, role_assignments, row, force)
 }
 
 /// Upserts many rows of a table keyed `(tenant_id, id)` in one statement, each only
@@ -151,14 +172,25 @@ macro_rules! bulk_versioned_upsert {
 /// Upserts one whole record on `conn` (inside the caller's transaction), never
 /// moving it backwards; `false` when the stored version is newer.
 pub async fn upsert_record(conn: &mut AsyncPgConnection, record: &Record) -> StoreResult<bool> {
+    write_record(conn, record, false).await
+}
+
+/// [`upsert_record`], or with `force` whatever the stored version (reconcile).
+async fn write_record(
+    conn: &mut AsyncPgConnection,
+    record: &Record,
+    force: bool,
+) -> StoreResult<bool> {
     match record {
-        Record::Customer(c) => versioned_upsert!(conn, customers, CustomerRow::from_domain(c)?),
-        Record::Asset(a) => versioned_upsert!(conn, assets, AssetRow::from_domain(a)?),
-        Record::Device(d) => versioned_upsert!(conn, devices, DeviceRow::from_domain(d)?),
-        Record::Policy(p) => versioned_upsert!(conn, policies, PolicyRow::from_domain(p)?),
-        Record::Role(r) => upsert_role(conn, r).await,
-        Record::Assignment(a) => upsert_assignment(conn, a).await,
-        Record::Partner(p) => super::partners::upsert_record(conn, p).await,
+        Record::Customer(c) => {
+            versioned_upsert!(conn, customers, CustomerRow::from_domain(c)?, force)
+        }
+        Record::Asset(a) => versioned_upsert!(conn, assets, AssetRow::from_domain(a)?, force),
+        Record::Device(d) => versioned_upsert!(conn, devices, DeviceRow::from_domain(d)?, force),
+        Record::Policy(p) => versioned_upsert!(conn, policies, PolicyRow::from_domain(p)?, force),
+        Record::Role(r) => upsert_role(conn, r, force).await,
+        Record::Assignment(a) => upsert_assignment(conn, a, force).await,
+        Record::Partner(p) => super::partners::write_record(conn, p, force).await,
     }
 }
 
@@ -311,6 +343,16 @@ impl Replica for PgStore {
             let mut conn = self.conn().await?;
             conn.transaction(async |conn| upsert_record(conn, record).await)
                 .await
+        })
+        .await
+    }
+
+    async fn overwrite(&self, record: &Record) -> StoreResult<()> {
+        self.timed("replica.overwrite", async {
+            let mut conn = self.conn().await?;
+            conn.transaction(async |conn| write_record(conn, record, true).await)
+                .await?;
+            Ok(())
         })
         .await
     }
