@@ -131,6 +131,8 @@ struct Live {
     quarantined: AtomicI64,
     total: AtomicI64,
     started: std::sync::Mutex<Option<Instant>>,
+    /// Seconds the table took, once done.
+    finished: std::sync::Mutex<Option<f64>>,
     done: std::sync::atomic::AtomicBool,
 }
 
@@ -200,7 +202,26 @@ pub async fn run(stores: &Stores, args: &BackfillArgs) -> anyhow::Result<Summary
         locked.ok,
         "backfill run {run_id:?} is already running (another process holds its lock)"
     );
+    let result = run_locked(stores, args, &scope).await;
+    // Release the run's lock whatever happened (the connection goes back to the pool).
+    let unlocked = diesel::sql_query("SELECT pg_advisory_unlock(hashtext($1))")
+        .bind::<Text, _>(format!("gcdr-backfill:{run_id}"))
+        .execute(&mut *lock_conn)
+        .await;
+    let mut summary = result?;
+    unlocked?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
 
+/// The run, once its lock is held.
+async fn run_locked(
+    stores: &Stores,
+    args: &BackfillArgs,
+    scope: &Scope,
+) -> anyhow::Result<Summary> {
+    let run_id = args.run_id.as_str();
+    let scope = scope.clone();
     let throttle = Arc::new(Throttle::new(args.rate));
     {
         let mut conn = stores.pg.conn().await?;
@@ -263,6 +284,12 @@ pub async fn run(stores: &Stores, args: &BackfillArgs) -> anyhow::Result<Summary
             let l = &live[i].1;
             *l.started.lock().expect("not poisoned") = Some(Instant::now());
             load_table(stores, run_id, *entity, &scope, args, &throttle, l).await?;
+            let took = l
+                .started
+                .lock()
+                .expect("not poisoned")
+                .map(|s| s.elapsed().as_secs_f64());
+            *l.finished.lock().expect("not poisoned") = took;
             l.done.store(true, Ordering::Relaxed);
         }
         replay_divergences(stores, run_id, &scope).await
@@ -287,14 +314,10 @@ pub async fn run(stores: &Stores, args: &BackfillArgs) -> anyhow::Result<Summary
             counts_of(stores, run_id, *e).await?,
         ));
     }
-    diesel::sql_query("SELECT pg_advisory_unlock(hashtext($1))")
-        .bind::<Text, _>(format!("gcdr-backfill:{run_id}"))
-        .execute(&mut *lock_conn)
-        .await?;
     Ok(Summary {
         run_id: run_id.to_owned(),
         tables,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: 0.0,
     })
 }
 
@@ -598,14 +621,40 @@ async fn load_table(
             .await?;
         }
     }
+    // A table loaded from empty has planner statistics of an empty table, and the
+    // foreign-key checks' cached plans (a sequential scan) get slower with every page:
+    // re-analyze it while it grows (and once at the end, for the service's sake).
+    let table = super::verify::pg_table(entity);
+    let analyzer = {
+        let pg = stores.pg.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if let Ok(mut conn) = pg.conn().await {
+                    let _ = diesel::sql_query(format!("ANALYZE {table}"))
+                        .execute(&mut *conn)
+                        .await;
+                }
+            }
+        })
+    };
     let segments = (0..args.segments)
         .map(|segment| scan_segment(stores, run_id, entity, segment, scope, args, throttle, live));
-    futures::future::try_join_all(segments)
+    let scanned = futures::future::try_join_all(segments)
         .await
-        .with_context(|| format!("backfill of {}", table_word(entity)))?;
-    load_deferred(stores, run_id, entity, scope, args, throttle, live)
-        .await
-        .with_context(|| format!("deferred items of {}", table_word(entity)))
+        .with_context(|| format!("backfill of {}", table_word(entity)));
+    let result = match scanned {
+        Ok(_) => load_deferred(stores, run_id, entity, scope, args, throttle, live)
+            .await
+            .with_context(|| format!("deferred items of {}", table_word(entity))),
+        Err(e) => Err(e),
+    };
+    analyzer.abort();
+    let mut conn = stores.pg.conn().await?;
+    diesel::sql_query(format!("ANALYZE {table}"))
+        .execute(&mut *conn)
+        .await?;
+    result
 }
 
 async fn checkpoint(
@@ -641,47 +690,62 @@ async fn scan_segment(
     if cp.done {
         return Ok(());
     }
-    let mut position: Option<ScanKey> = cp
+    let position: Option<ScanKey> = cp
         .last_key
         .map(serde_json::from_value)
         .transpose()
         .context("bad checkpoint")?;
-    loop {
-        let page = retry(|| {
+    let scan = |from: Option<ScanKey>| async move {
+        retry(|| {
             stores.dynamo.scan_page(
                 entity,
                 segment,
                 args.segments,
-                position.as_ref(),
+                from.as_ref(),
                 args.page_size,
             )
         })
         .await
-        .with_context(|| format!("scan of {} segment {segment}", table_word(entity)))?;
+        .with_context(|| format!("scan of {} segment {segment}", table_word(entity)))
+    };
+    let mut page = scan(position).await?;
+    loop {
         throttle.acquire(page.items.len()).await;
         let next = page.next.clone();
-        let outcome = retry(|| {
-            load_page(
-                stores,
-                run_id,
-                entity,
-                segment,
-                scope,
-                &page.items,
-                next.as_ref(),
-                false,
-            )
-        })
-        .await
-        .with_context(|| format!("load of a {} page", table_word(entity)))?;
+        // Load this page while the next one is read (the checkpoint only moves when the
+        // load commits, so a crash re-reads from here).
+        let load = async {
+            retry(|| {
+                load_page(
+                    stores,
+                    run_id,
+                    entity,
+                    segment,
+                    scope,
+                    &page.items,
+                    next.as_ref(),
+                    false,
+                )
+            })
+            .await
+            .with_context(|| format!("load of a {} page", table_word(entity)))
+        };
+        let fetch = async {
+            match &next {
+                Some(k) => scan(Some(k.clone())).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (outcome, following) = tokio::join!(load, fetch);
+        let outcome = outcome?;
         live.scanned
             .fetch_add(page.items.len() as i64, Ordering::Relaxed);
         live.loaded
             .fetch_add(outcome.loaded + outcome.unchanged, Ordering::Relaxed);
         live.quarantined
             .fetch_add(outcome.quarantined, Ordering::Relaxed);
-        match next {
-            Some(k) => position = Some(k),
+        match following? {
+            Some(p) => page = p,
             None => return Ok(()),
         }
     }
@@ -766,6 +830,7 @@ async fn load_page(
         let mut ready = Vec::new();
         let mut clean = Vec::new();
         let mut resolved = Vec::new();
+        let mut deferred = Vec::new();
         for ((key, item), p) in keyed.iter().zip(prepared) {
             match p {
                 Prepared::Ready {
@@ -787,7 +852,7 @@ async fn load_page(
                     if segment != DEFERRED_PASS {
                         out.deferred += 1;
                     }
-                    defer(conn, &run_id, entity, key, &waits_for).await?;
+                    deferred.push((key.clone(), waits_for));
                 }
                 Prepared::Defer { waits_for } => {
                     out.quarantined += 1;
@@ -806,6 +871,8 @@ async fn load_page(
         }
         // Everything in one statement; if PostgreSQL refuses one row, each row in
         // its own savepoint, quarantining the refused ones.
+        // Parents before children: the rows go out in several statements.
+        ready.sort_by_key(|(_, _, r)| r.depth());
         let records: Vec<Record> = ready.iter().map(|(_, _, r)| r.clone()).collect();
         let bulk = conn
             .transaction::<_, StoreError, _>(async |c| upsert_records(c, &records).await)
@@ -849,6 +916,7 @@ async fn load_page(
             }
         }
         forget_ledger(conn, entity, &clean, &ready).await?;
+        defer(conn, &run_id, entity, &deferred).await?;
         if segment == DEFERRED_PASS {
             undefer(conn, &run_id, entity, &resolved).await?;
         }
@@ -935,19 +1003,24 @@ async fn defer(
     conn: &mut AsyncPgConnection,
     run_id: &str,
     entity: Entity,
-    key: &ledger::LedgerKey,
-    waits_for: &str,
+    items: &[(ledger::LedgerKey, String)],
 ) -> StoreResult<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let tenants: Vec<&str> = items.iter().map(|(k, _)| k.0.as_str()).collect();
+    let ids: Vec<&str> = items.iter().map(|(k, _)| k.1.as_str()).collect();
+    let waits: Vec<&str> = items.iter().map(|(_, w)| w.as_str()).collect();
     diesel::sql_query(
         "INSERT INTO backfill_deferred (run_id, entity, tenant_id, id, waits_for) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id, entity, tenant_id, id) \
-         DO UPDATE SET waits_for = excluded.waits_for",
+         SELECT $1, $2, t, i, w FROM unnest($3::text[], $4::text[], $5::text[]) AS k(t, i, w) \
+         ON CONFLICT (run_id, entity, tenant_id, id) DO UPDATE SET waits_for = excluded.waits_for",
     )
     .bind::<Text, _>(run_id)
     .bind::<Text, _>(entity.as_str())
-    .bind::<Text, _>(&key.0)
-    .bind::<Text, _>(&key.1)
-    .bind::<Text, _>(waits_for)
+    .bind::<Array<Text>, _>(&tenants)
+    .bind::<Array<Text>, _>(&ids)
+    .bind::<Array<Text>, _>(&waits)
     .execute(conn)
     .await?;
     Ok(())
@@ -1229,24 +1302,30 @@ async fn nodes(
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
-    let (t, i): (Vec<String>, Vec<Uuid>) = keys.iter().cloned().unzip();
+    // One `id = ANY(...)` per tenant: a primary-key index scan (a join against an
+    // unnest of pairs was planned as a hash join over the whole table).
+    let mut by_tenant: HashMap<&str, Vec<Uuid>> = HashMap::new();
+    for (t, id) in keys {
+        by_tenant.entry(t.as_str()).or_default().push(*id);
+    }
     let customer = if table == "customers" {
-        "n.id"
+        "id"
     } else {
-        "n.customer_id"
+        "customer_id"
     };
-    let rows: Vec<NodeRow> = diesel::sql_query(format!(
-        "SELECT n.tenant_id, n.id, n.path, n.depth, {customer} AS customer_id FROM {table} n \
-         JOIN unnest($1::text[], $2::uuid[]) AS k(t, i) ON n.tenant_id = k.t AND n.id = k.i"
-    ))
-    .bind::<Array<Text>, _>(&t)
-    .bind::<Array<diesel::sql_types::Uuid>, _>(&i)
-    .load(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| ((r.tenant_id.clone(), r.id), r))
-        .collect())
+    let mut found = HashMap::with_capacity(keys.len());
+    for (tenant, ids) in by_tenant {
+        let rows: Vec<NodeRow> = diesel::sql_query(format!(
+            "SELECT tenant_id, id, path, depth, {customer} AS customer_id FROM {table} \
+             WHERE tenant_id = $1 AND id = ANY($2)"
+        ))
+        .bind::<Text, _>(tenant)
+        .bind::<Array<diesel::sql_types::Uuid>, _>(&ids)
+        .load(&mut *conn)
+        .await?;
+        found.extend(rows.into_iter().map(|r| ((r.tenant_id.clone(), r.id), r)));
+    }
+    Ok(found)
 }
 
 #[derive(diesel::QueryableByName)]
@@ -1277,7 +1356,7 @@ async fn code_owners(
     let (scope, join) = if table == "customers" {
         ("''", "")
     } else {
-        ("n.customer_id::text", "AND n.customer_id::text = k.s")
+        ("n.customer_id::text", "AND n.customer_id = k.s::uuid")
     };
     let rows: Vec<CodeRow> = diesel::sql_query(format!(
         "SELECT n.tenant_id, {scope} AS scope, n.code::text AS code, n.id FROM {table} n \
@@ -1635,13 +1714,19 @@ async fn show_progress(
 
 fn progress_line(entity: Entity, l: &Live, style: ProgressStyle) -> String {
     let scanned = atomic_get(&l.scanned);
+    // DescribeTable's count lags (AWS refreshes it every ~6 h; some emulators say 0):
+    // without one there is no percentage or ETA, only counts and rate.
+    let known = atomic_get(&l.total) > 0;
     let total = atomic_get(&l.total).max(scanned);
-    let elapsed = l
-        .started
-        .lock()
-        .expect("not poisoned")
-        .map(|s| s.elapsed().as_secs_f64())
-        .unwrap_or(0.0);
+    let elapsed = match *l.finished.lock().expect("not poisoned") {
+        Some(secs) => secs,
+        None => l
+            .started
+            .lock()
+            .expect("not poisoned")
+            .map(|s| s.elapsed().as_secs_f64())
+            .unwrap_or(0.0),
+    };
     let done = std::sync::atomic::AtomicBool::load(&l.done, Ordering::Relaxed);
     let rate = if elapsed > 0.0 {
         scanned as f64 / elapsed
@@ -1650,6 +1735,8 @@ fn progress_line(entity: Entity, l: &Live, style: ProgressStyle) -> String {
     };
     let eta = if done {
         "done".to_owned()
+    } else if !known {
+        "total unknown".to_owned()
     } else if rate > 0.0 && total > scanned {
         format!("ETA {:.0}s", (total - scanned) as f64 / rate)
     } else if elapsed == 0.0 {
@@ -1659,13 +1746,18 @@ fn progress_line(entity: Entity, l: &Live, style: ProgressStyle) -> String {
     };
     let frac = if done {
         1.0
-    } else if total > 0 {
+    } else if known {
         scanned as f64 / total as f64
     } else {
         0.0
     };
+    let of = if known {
+        format!("/{total}")
+    } else {
+        String::new()
+    };
     let counts = format!(
-        "{scanned}/{total} scanned, {} loaded, {} quarantined, {rate:.0}/s, {eta}",
+        "{scanned}{of} scanned, {} loaded, {} quarantined, {rate:.0}/s, {eta}",
         atomic_get(&l.loaded),
         atomic_get(&l.quarantined),
     );

@@ -68,56 +68,71 @@ impl DynamoStore {
     }
 
     /// The items of `keys` (tenant, id) that exist, read consistently, in no
-    /// particular order.
+    /// particular order (requests of 100 keys, 8 in flight).
     pub async fn batch_get(
         &self,
         entity: Entity,
         keys: &[(String, String)],
     ) -> StoreResult<Vec<Item>> {
-        let table = self.table_of(entity).to_owned();
+        let table = self.table_of(entity);
         let mut found = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(100) {
-            let mut pending: Vec<HashMap<String, AttributeValue>> = chunk
-                .iter()
-                .map(|(t, id)| {
-                    HashMap::from([
-                        ("tenantId".to_owned(), s(t.as_str())),
-                        ("id".to_owned(), s(id.as_str())),
-                    ])
-                })
+        for group in keys.chunks(800) {
+            let requests: Vec<_> = group
+                .chunks(100)
+                .map(|chunk| self.batch_get_chunk(table, chunk))
                 .collect();
-            pending.dedup();
-            let mut rounds = 0;
-            while !pending.is_empty() {
-                rounds += 1;
-                if rounds > 1 {
-                    tokio::time::sleep(std::time::Duration::from_millis(50 * rounds)).await;
-                }
-                if rounds > 20 {
-                    return Err(StoreError::Unavailable(
-                        "DynamoDB keeps returning unprocessed keys; retry".into(),
-                    ));
-                }
-                let request = KeysAndAttributes::builder()
-                    .set_keys(Some(std::mem::take(&mut pending)))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(|e| StoreError::Internal(e.into()))?;
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&table, request)
-                    .send()
-                    .await
-                    .map_err(sdk_error)?;
-                if let Some(mut r) = out.responses {
-                    found.extend(r.remove(&table).unwrap_or_default());
-                }
-                if let Some(mut u) = out.unprocessed_keys {
-                    if let Some(k) = u.remove(&table) {
-                        pending = k.keys;
-                    }
-                }
+            for items in futures::future::join_all(requests).await {
+                found.extend(items?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// One BatchGetItem of at most 100 keys, retrying unprocessed keys.
+    async fn batch_get_chunk(
+        &self,
+        table: &str,
+        chunk: &[(String, String)],
+    ) -> StoreResult<Vec<Item>> {
+        let mut found = Vec::with_capacity(chunk.len());
+        let mut pending: Vec<HashMap<String, AttributeValue>> = chunk
+            .iter()
+            .map(|(t, id)| {
+                HashMap::from([
+                    ("tenantId".to_owned(), s(t.as_str())),
+                    ("id".to_owned(), s(id.as_str())),
+                ])
+            })
+            .collect();
+        pending.dedup();
+        let mut rounds = 0;
+        while !pending.is_empty() {
+            rounds += 1;
+            if rounds > 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(50 * rounds)).await;
+            }
+            if rounds > 20 {
+                return Err(StoreError::Unavailable(
+                    "DynamoDB keeps returning unprocessed keys; retry".into(),
+                ));
+            }
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut pending)))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| StoreError::Internal(e.into()))?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(table, request)
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            if let Some(mut r) = out.responses {
+                found.extend(r.remove(table).unwrap_or_default());
+            }
+            if let Some(k) = out.unprocessed_keys.and_then(|mut u| u.remove(table)) {
+                pending = k.keys;
             }
         }
         Ok(found)

@@ -20,6 +20,9 @@ use crate::storage::{CustomerStore, StoreError, StoreResult, Subtree};
 /// One row of `customers`.
 #[derive(Clone, Debug, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = customers, primary_key(tenant_id, id), treat_none_as_null = true)]
+// None binds NULL (not DEFAULT) on insert, so a multi-row insert has one statement
+// shape (one prepared statement) whatever its rows leave unset.
+#[diesel(treat_none_as_default_value = false)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub(super) struct CustomerRow {
     pub tenant_id: String,

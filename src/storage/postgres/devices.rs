@@ -22,6 +22,9 @@ use crate::storage::{DeviceStore, StoreError, StoreResult};
 /// One row of `devices`.
 #[derive(Clone, Debug, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = devices, primary_key(tenant_id, id), treat_none_as_null = true)]
+// None binds NULL (not DEFAULT) on insert, so a multi-row insert has one statement
+// shape (one prepared statement) whatever its rows leave unset.
+#[diesel(treat_none_as_default_value = false)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub(super) struct DeviceRow {
     pub tenant_id: String,

@@ -151,21 +151,38 @@ async fn upsert_assignment(
     versioned_upsert!(conn, role_assignments, row, force)
 }
 
-/// Upserts many rows of a table keyed `(tenant_id, id)` in one statement, each only
-/// when the stored version is not newer; returns the rows written.
-macro_rules! bulk_versioned_upsert {
-    ($conn:expr, $table:ident, $rows:expr, [$($col:ident),+ $(,)?]) => {{
-        diesel::query_dsl::methods::FilterDsl::filter(
-            diesel::insert_into($table::table)
-                .values($rows)
-                .on_conflict(($table::tenant_id, $table::id))
-                .do_update()
-                .set(($($table::$col.eq(excluded($table::$col)),)+)),
-            $table::version.le(excluded($table::version)),
-        )
-        .execute($conn)
-        .await
-        .map_err(StoreError::from)
+/// Upserts many rows of a table keyed `(tenant_id, id)` in ONE statement whatever
+/// their number: every column travels as one array parameter and
+/// `INSERT ... SELECT * FROM unnest(...)` spreads them into rows, so the statement text
+/// never changes (prepared and planned once per connection) and PostgreSQL binds a few
+/// arrays instead of thousands of parameters. Each row is written only when the stored
+/// version is not newer; returns the rows written.
+macro_rules! unnest_versioned_upsert {
+    ($conn:expr, $table:literal, $rows:expr, [$($col:ident $name:literal: $st:ty),+ $(,)?]) => {{
+        use diesel::sql_types::*;
+        let rows = $rows;
+        let names: Vec<&str> = vec![$($name),+];
+        let params: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
+        let sets: Vec<String> = names
+            .iter()
+            .filter(|n| !matches!(**n, "tenant_id" | "id"))
+            .map(|n| format!("{n} = excluded.{n}"))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {table} ({cols}) SELECT * FROM unnest({params}) \
+             ON CONFLICT (tenant_id, id) DO UPDATE SET {sets} \
+             WHERE {table}.version <= excluded.version",
+            table = $table,
+            cols = names.join(", "),
+            params = params.join(", "),
+            sets = sets.join(", "),
+        );
+        let query = diesel::sql_query(sql).into_boxed::<diesel::pg::Pg>();
+        $(
+            let column: Vec<_> = rows.iter().map(|r| r.$col.clone()).collect();
+            let query = query.bind::<Array<$st>, _>(column);
+        )+
+        query.execute($conn).await.map_err(StoreError::from)
     }};
 }
 
@@ -214,93 +231,84 @@ pub async fn upsert_records(
         }
     }
     if !customers_.is_empty() {
-        written += bulk_versioned_upsert!(
-            conn,
-            customers,
-            &customers_,
-            [
-                parent_customer_id,
-                path,
-                depth,
-                name,
-                display_name,
-                code,
-                type_,
-                email,
-                phone,
-                address,
-                settings,
-                theme,
-                metadata,
-                status,
-                version,
-                created_at,
-                updated_at,
-                created_by,
-                updated_by,
-            ]
-        )?;
+        written += unnest_versioned_upsert!(conn, "customers", &customers_, [
+            tenant_id "tenant_id": Text,
+            id "id": diesel::sql_types::Uuid,
+            parent_customer_id "parent_customer_id": Nullable<diesel::sql_types::Uuid>,
+            path "path": Text,
+            depth "depth": Int4,
+            name "name": Text,
+            display_name "display_name": Text,
+            code "code": Text,
+            type_ "type": Text,
+            email "email": Nullable<Text>,
+            phone "phone": Nullable<Text>,
+            address "address": Nullable<Jsonb>,
+            settings "settings": Jsonb,
+            theme "theme": Nullable<Jsonb>,
+            metadata "metadata": Jsonb,
+            status "status": Text,
+            version "version": Int8,
+            created_at "created_at": Timestamptz,
+            updated_at "updated_at": Timestamptz,
+            created_by "created_by": Text,
+            updated_by "updated_by": Nullable<Text>,
+        ])?;
     }
     if !assets_.is_empty() {
-        written += bulk_versioned_upsert!(
-            conn,
-            assets,
-            &assets_,
-            [
-                customer_id,
-                parent_asset_id,
-                path,
-                depth,
-                name,
-                display_name,
-                code,
-                type_,
-                description,
-                location,
-                specs,
-                tags,
-                metadata,
-                status,
-                version,
-                created_at,
-                updated_at,
-                created_by,
-                updated_by,
-            ]
-        )?;
+        written += unnest_versioned_upsert!(conn, "assets", &assets_, [
+            tenant_id "tenant_id": Text,
+            id "id": diesel::sql_types::Uuid,
+            customer_id "customer_id": diesel::sql_types::Uuid,
+            parent_asset_id "parent_asset_id": Nullable<diesel::sql_types::Uuid>,
+            path "path": Text,
+            depth "depth": Int4,
+            name "name": Text,
+            display_name "display_name": Text,
+            code "code": Text,
+            type_ "type": Text,
+            description "description": Nullable<Text>,
+            location "location": Jsonb,
+            specs "specs": Jsonb,
+            tags "tags": Jsonb,
+            metadata "metadata": Jsonb,
+            status "status": Text,
+            version "version": Int8,
+            created_at "created_at": Timestamptz,
+            updated_at "updated_at": Timestamptz,
+            created_by "created_by": Text,
+            updated_by "updated_by": Nullable<Text>,
+        ])?;
     }
     if !devices_.is_empty() {
-        written += bulk_versioned_upsert!(
-            conn,
-            devices,
-            &devices_,
-            [
-                asset_id,
-                customer_id,
-                name,
-                display_name,
-                label,
-                type_,
-                description,
-                serial_number,
-                external_id,
-                specs,
-                credentials,
-                telemetry_config,
-                tags,
-                metadata,
-                attributes,
-                connectivity_status,
-                last_connected_at,
-                last_disconnected_at,
-                status,
-                version,
-                created_at,
-                updated_at,
-                created_by,
-                updated_by,
-            ]
-        )?;
+        written += unnest_versioned_upsert!(conn, "devices", &devices_, [
+            tenant_id "tenant_id": Text,
+            id "id": diesel::sql_types::Uuid,
+            asset_id "asset_id": diesel::sql_types::Uuid,
+            customer_id "customer_id": diesel::sql_types::Uuid,
+            name "name": Text,
+            display_name "display_name": Text,
+            label "label": Nullable<Text>,
+            type_ "type": Text,
+            description "description": Nullable<Text>,
+            serial_number "serial_number": Text,
+            external_id "external_id": Nullable<Text>,
+            specs "specs": Jsonb,
+            credentials "credentials": Nullable<Jsonb>,
+            telemetry_config "telemetry_config": Jsonb,
+            tags "tags": Jsonb,
+            metadata "metadata": Jsonb,
+            attributes "attributes": Jsonb,
+            connectivity_status "connectivity_status": Text,
+            last_connected_at "last_connected_at": Nullable<Timestamptz>,
+            last_disconnected_at "last_disconnected_at": Nullable<Timestamptz>,
+            status "status": Text,
+            version "version": Int8,
+            created_at "created_at": Timestamptz,
+            updated_at "updated_at": Timestamptz,
+            created_by "created_by": Text,
+            updated_by "updated_by": Nullable<Text>,
+        ])?;
     }
     Ok(written)
 }

@@ -5,6 +5,8 @@
 //! drives one RPC at a fixed concurrency over gRPC and prints throughput and latency
 //! percentiles. `scripts/bench.sh` runs the whole comparison against pgbench.
 
+mod legacy;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -52,6 +54,42 @@ enum Command {
         database_url: String,
         #[arg(long, default_value = "authz")]
         tenant: String,
+    },
+    /// Write legacy-shaped items (10% customers, 40% assets, 50% devices) straight into
+    /// the DynamoDB tables of `--stage` (create them first), for the backfill benchmark.
+    SeedLegacy {
+        #[arg(long, env = "DYNAMODB_ENDPOINT")]
+        endpoint: String,
+        #[arg(long, env = "GCDR_STAGE")]
+        stage: String,
+        #[arg(long, default_value_t = 100_000)]
+        items: u64,
+        #[arg(long, default_value_t = 4)]
+        tenants: u64,
+    },
+    /// Time a raw parallel Scan of every legacy table of `--stage`.
+    ScanLegacy {
+        #[arg(long, env = "DYNAMODB_ENDPOINT")]
+        endpoint: String,
+        #[arg(long, env = "GCDR_STAGE")]
+        stage: String,
+        #[arg(long, default_value_t = 4)]
+        segments: i32,
+        #[arg(long, default_value_t = 1000)]
+        page_size: i32,
+    },
+    /// Time PostgreSQL's raw batch upsert of customer rows (a scratch tenant).
+    PgUpsert {
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/gcdr"
+        )]
+        database_url: String,
+        #[arg(long, default_value_t = 100_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 1000)]
+        batch: u64,
     },
     /// Drive one RPC and report throughput and latency.
     Run {
@@ -112,6 +150,23 @@ async fn main() -> anyhow::Result<()> {
             database_url,
             tenant,
         } => seed_authz(&database_url, &tenant).await,
+        Command::SeedLegacy {
+            endpoint,
+            stage,
+            items,
+            tenants,
+        } => legacy::seed(&legacy::store(&endpoint, &stage).await, items, tenants).await,
+        Command::ScanLegacy {
+            endpoint,
+            stage,
+            segments,
+            page_size,
+        } => legacy::scan(&legacy::store(&endpoint, &stage).await, segments, page_size).await,
+        Command::PgUpsert {
+            database_url,
+            rows,
+            batch,
+        } => legacy::pg_upsert(&database_url, rows, batch).await,
         Command::Run {
             addr,
             tenant,

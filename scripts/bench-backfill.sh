@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Benchmark: `gcdr-data backfill` next to the two raw rates it is bounded by, from the
+# same run: a raw parallel Scan of the same legacy tables, and PostgreSQL's raw batch
+# upsert (1,000-row INSERT ... ON CONFLICT DO UPDATE). Source: dynalite (npm; moto is
+# too slow for 100,000 items). Also the backfill's peak RSS at each size, which must
+# not grow with the table.
+#
+#   bash scripts/bench-backfill.sh                 # 10,000 and 100,000 items
+#   SIZES="100000" SEGMENTS=4 PAGE=1000 bash scripts/bench-backfill.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/ensure-postgres.sh
+bash scripts/ensure-dynalite.sh
+cargo build --release --quiet --bins
+
+SIZES=${SIZES:-10000 100000}
+SEGMENTS=${SEGMENTS:-4}
+PAGE=${PAGE:-1000}
+DB=gcdr_bench_backfill
+export DYNAMODB_ENDPOINT=${GCDR_DYNALITE_URL:-http://127.0.0.1:8766}
+export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB RUST_LOG=warn
+BIN=./target/release/gcdr-data
+LOAD=./target/release/gcdr-load
+psql_() { psql -h 127.0.0.1 -U postgres -d postgres -Atq "$@"; }
+
+echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
+for size in $SIZES; do
+  export GCDR_STAGE="bf${size}x$$"
+  psql_ -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
+  $BIN migrate
+  $BIN dynamodb create-tables >/dev/null
+  echo
+  echo "== $size legacy items (dynalite at $DYNAMODB_ENDPOINT, stage $GCDR_STAGE)"
+  $LOAD seed-legacy --items "$size"
+  $LOAD scan-legacy --segments "$SEGMENTS" --page-size "$PAGE"
+  $LOAD pg-upsert --rows "$size"
+  /usr/bin/time -f "backfill peak RSS: %M KB, wall %e s" \
+    $BIN backfill run --segments "$SEGMENTS" --page-size "$PAGE" --progress lines --progress-interval 5
+  $BIN verify --segments "$SEGMENTS" | tail -1
+done

@@ -1,0 +1,291 @@
+//! Backfill benchmark helpers: write legacy-shaped items into the DynamoDB tables fast,
+//! time a raw parallel Scan of them, and time PostgreSQL's raw batch upsert.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::Context;
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use gcdr_data::storage::dynamodb::{DynamoConfig, DynamoStore, TableNames};
+use gcdr_data::storage::replica::Entity;
+use rand::Rng;
+use uuid::Uuid;
+
+/// The store for `endpoint` and table `stage`.
+pub async fn store(endpoint: &str, stage: &str) -> DynamoStore {
+    DynamoStore::connect(&DynamoConfig {
+        endpoint: Some(endpoint.to_owned()),
+        region: "sa-east-1".into(),
+        tables: TableNames::from_lookup(stage, |_| None),
+    })
+    .await
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn empty_map() -> AttributeValue {
+    AttributeValue::M(HashMap::new())
+}
+
+/// Attributes every legacy entity item has.
+fn base(tenant: &str, id: Uuid, name: &str) -> Item {
+    let ts = "2025-03-01T10:00:00.000Z";
+    HashMap::from([
+        ("tenantId".into(), s(tenant)),
+        ("id".into(), s(id.to_string())),
+        ("name".into(), s(name)),
+        ("displayName".into(), s(name)),
+        ("metadata".into(), empty_map()),
+        ("status".into(), s("ACTIVE")),
+        ("version".into(), n(1)),
+        ("createdAt".into(), s(ts)),
+        ("updatedAt".into(), s(ts)),
+        ("createdBy".into(), s("system")),
+    ])
+}
+
+/// Writes `items` legacy items per `tenants` tenants' worth: 10% customers (a root per
+/// ten, the rest its children), 40% assets (a building per customer-group, floors
+/// under it), 50% devices on the floors.
+pub async fn seed(store: &DynamoStore, items: u64, tenants: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (tx, rx) = tokio::sync::mpsc::channel::<(Entity, Item)>(10_000);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let written = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..16 {
+        let (store, rx, written) = (store.clone(), rx.clone(), written.clone());
+        writers.push(tokio::spawn(async move {
+            let mut batch: HashMap<Entity, Vec<Item>> = HashMap::new();
+            loop {
+                let next = rx.lock().await.recv().await;
+                let done = next.is_none();
+                if let Some((e, item)) = next {
+                    batch.entry(e).or_default().push(item);
+                }
+                for (e, items) in batch.iter_mut() {
+                    if items.len() >= 25 || (done && !items.is_empty()) {
+                        let chunk: Vec<Item> = std::mem::take(items);
+                        written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        write_batch(&store, *e, chunk).await?;
+                    }
+                }
+                if done {
+                    return anyhow::Ok(());
+                }
+            }
+        }));
+    }
+    let per_tenant = items / tenants.max(1);
+    for t in 0..tenants.max(1) {
+        let tenant = format!("bench-legacy-{t}");
+        let customers = (per_tenant / 10).max(1);
+        let assets = per_tenant * 4 / 10;
+        let devices = per_tenant - customers - assets;
+        let mut customer_ids = Vec::new();
+        let mut root = (Uuid::nil(), String::new());
+        for k in 0..customers {
+            let id = Uuid::new_v4();
+            let mut i = base(&tenant, id, &format!("Customer {k}"));
+            let path = if k % 10 == 0 {
+                root = (id, format!("/{tenant}/{id}"));
+                i.insert("depth".into(), n(0));
+                root.1.clone()
+            } else {
+                i.insert("parentCustomerId".into(), s(root.0.to_string()));
+                i.insert("depth".into(), n(1));
+                format!("{}/{id}", root.1)
+            };
+            i.insert("path".into(), s(path));
+            i.insert("code".into(), s(format!("C{t}-{k}")));
+            i.insert("type".into(), s("COMPANY"));
+            i.insert("settings".into(), empty_map());
+            customer_ids.push(id);
+            tx.send((Entity::Customer, i)).await?;
+        }
+        let mut floors = Vec::new();
+        let mut building = (Uuid::nil(), Uuid::nil(), String::new());
+        for k in 0..assets {
+            let id = Uuid::new_v4();
+            let mut i = base(&tenant, id, &format!("Asset {k}"));
+            if k % 5 == 0 {
+                let c = customer_ids[rand::rng().random_range(0..customer_ids.len())];
+                building = (id, c, format!("/{tenant}/{c}/{id}"));
+                i.insert("path".into(), s(building.2.clone()));
+                i.insert("depth".into(), n(0));
+                i.insert("type".into(), s("BUILDING"));
+            } else {
+                i.insert("parentAssetId".into(), s(building.0.to_string()));
+                i.insert("path".into(), s(format!("{}/{id}", building.2)));
+                i.insert("depth".into(), n(1));
+                i.insert("type".into(), s("FLOOR"));
+                floors.push((id, building.1));
+            }
+            i.insert("customerId".into(), s(building.1.to_string()));
+            i.insert("code".into(), s(format!("A{k}")));
+            for k in ["location", "specs"] {
+                i.insert(k.into(), empty_map());
+            }
+            i.insert("tags".into(), AttributeValue::L(vec![]));
+            tx.send((Entity::Asset, i)).await?;
+        }
+        anyhow::ensure!(!floors.is_empty(), "too few items for a floor");
+        for k in 0..devices {
+            let id = Uuid::new_v4();
+            let (asset, customer) = floors[rand::rng().random_range(0..floors.len())];
+            let serial = format!("SN-{t}-{k}");
+            let mut i = base(&tenant, id, &serial);
+            i.insert("assetId".into(), s(asset.to_string()));
+            i.insert("customerId".into(), s(customer.to_string()));
+            i.insert("type".into(), s("SENSOR"));
+            i.insert("serialNumber".into(), s(serial.clone()));
+            i.insert(
+                "specs".into(),
+                AttributeValue::M(HashMap::from([("serialNumber".into(), s(serial))])),
+            );
+            i.insert("connectivityStatus".into(), s("UNKNOWN"));
+            for k in ["telemetryConfig", "attributes"] {
+                i.insert(k.into(), empty_map());
+            }
+            i.insert("tags".into(), AttributeValue::L(vec![]));
+            tx.send((Entity::Device, i)).await?;
+        }
+    }
+    drop(tx);
+    for w in writers {
+        w.await??;
+    }
+    let n = written.load(Ordering::Relaxed);
+    eprintln!(
+        "seeded {n} legacy items in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn write_batch(store: &DynamoStore, entity: Entity, items: Vec<Item>) -> anyhow::Result<()> {
+    let table = store.table_of(entity).to_owned();
+    let mut pending: Vec<WriteRequest> = items
+        .into_iter()
+        .map(|i| {
+            WriteRequest::builder()
+                .put_request(
+                    PutRequest::builder()
+                        .set_item(Some(i))
+                        .build()
+                        .expect("item set"),
+                )
+                .build()
+        })
+        .collect();
+    while !pending.is_empty() {
+        let out = store
+            .client()
+            .batch_write_item()
+            .request_items(&table, std::mem::take(&mut pending))
+            .send()
+            .await
+            .with_context(|| format!("BatchWriteItem into {table}"))?;
+        if let Some(mut u) = out.unprocessed_items {
+            pending = u.remove(&table).unwrap_or_default();
+        }
+    }
+    Ok(())
+}
+
+/// Reads every legacy table with `segments` parallel Scan segments of `page` items;
+/// prints items and items/s.
+pub async fn scan(store: &DynamoStore, segments: i32, page: i32) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut total = 0u64;
+    for entity in Entity::ALL {
+        let tasks = (0..segments).map(|seg| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let (mut items, mut pos) = (0u64, None);
+                loop {
+                    let p = store
+                        .scan_page(entity, seg, segments, pos.as_ref(), page)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("scan: {e}"))?;
+                    items += p.items.len() as u64;
+                    match p.next {
+                        Some(k) => pos = Some(k),
+                        None => return anyhow::Ok(items),
+                    }
+                }
+            })
+        });
+        for t in futures::future::join_all(tasks).await {
+            total += t??;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "raw parallel Scan: {total} items in {secs:.2} s = {:.0} items/s ({segments} segments, pages of {page})",
+        total as f64 / secs
+    );
+    Ok(())
+}
+
+/// Upserts `rows` customer rows sent from here in statements of `batch` rows (a
+/// multi-row INSERT ... VALUES ... ON CONFLICT DO UPDATE ... WHERE version <=, every
+/// column the backfill writes), into a scratch tenant deleted first and after; prints
+/// rows/s.
+pub async fn pg_upsert(url: &str, rows: u64, batch: u64) -> anyhow::Result<()> {
+    gcdr_data::storage::postgres::migrate(url).await?;
+    let mut conn = AsyncPgConnection::establish(url).await.context("connect")?;
+    let clear = "DELETE FROM customers WHERE tenant_id = 'bench-pg-raw'";
+    conn.batch_execute(clear).await?;
+    let started = Instant::now();
+    let mut done = 0;
+    while done < rows {
+        let to = (done + batch).min(rows);
+        let values: Vec<String> = (done..to)
+            .map(|g| {
+                let id = Uuid::new_v4();
+                format!(
+                    "('bench-pg-raw', '{id}', NULL, '/bench-pg-raw/{id}', 0, 'Customer {g}', \
+                      'Customer {g}', 'C{g}', 'COMPANY', NULL, NULL, NULL, \
+                      '{{\"timezone\": \"America/Sao_Paulo\", \"locale\": \"pt-BR\"}}', NULL, '{{}}', \
+                      'ACTIVE', 1, '2025-03-01T10:00:00Z', '2025-03-01T10:00:00Z', 'system', NULL)"
+                )
+            })
+            .collect();
+        conn.batch_execute(&format!(
+            "INSERT INTO customers (tenant_id, id, parent_customer_id, path, depth, name, \
+               display_name, code, type, email, phone, address, settings, theme, metadata, status, \
+               version, created_at, updated_at, created_by, updated_by) VALUES {} \
+             ON CONFLICT (tenant_id, id) DO UPDATE SET parent_customer_id = excluded.parent_customer_id, \
+               path = excluded.path, depth = excluded.depth, name = excluded.name, \
+               display_name = excluded.display_name, code = excluded.code, type = excluded.type, \
+               email = excluded.email, phone = excluded.phone, address = excluded.address, \
+               settings = excluded.settings, theme = excluded.theme, metadata = excluded.metadata, \
+               status = excluded.status, version = excluded.version, created_at = excluded.created_at, \
+               updated_at = excluded.updated_at, created_by = excluded.created_by, \
+               updated_by = excluded.updated_by \
+             WHERE customers.version <= excluded.version",
+            values.join(", ")
+        ))
+        .await?;
+        done = to;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "raw PostgreSQL batch upsert: {rows} rows in {secs:.2} s = {:.0} rows/s (statements of {batch})",
+        rows as f64 / secs
+    );
+    conn.batch_execute(clear).await?;
+    Ok(())
+}
