@@ -1,0 +1,872 @@
+//! `gcdr-data backfill`: copies the legacy DynamoDB tables into PostgreSQL while the
+//! service keeps writing (RFC-0004 phase 2).
+//!
+//! Each table is read with parallel Scan segments, page by page. A page is decoded,
+//! each item prepared (repaired where a documented rule applies, deferred when its
+//! parent is not loaded yet, quarantined when it cannot be loaded), and the page is
+//! written in ONE PostgreSQL transaction together with the segment's checkpoint (scan
+//! position and counts). A crash or `kill -9` therefore loses at most the page in
+//! flight, which the resumed run reads again; rows are versioned upserts keyed by
+//! `(tenant_id, id)`, so nothing is duplicated and nothing newer written by dual write
+//! is overwritten. Memory holds one page per segment, whatever the table's size.
+//!
+//! Tables load parents first (customers, assets, devices, policies, roles,
+//! assignments, partners). Inside a table, an item whose parent comes later in the scan
+//! is deferred (`backfill_deferred`) and loaded, re-read fresh from DynamoDB, once the
+//! table's scan is complete; what still has no parent then is quarantined as an orphan.
+//!
+//! Repair rules (each repaired item is listed in `migration_repairs` with the fields
+//! and rules; verify reports them as repaired, not as mismatches):
+//! - `parent-from-path`: legacy moves rewrote the moved node's path but not its parent
+//!   attribute (contract §3.9.2), so when a well-formed path names another parent than
+//!   `parentCustomerId`/`parentAssetId`, the path's parent wins.
+//! - `path-from-parents`: legacy moves left descendants' paths and depths stale
+//!   (§3.9.3); path and depth are recomputed top-down from the parent pointers.
+//! - `customer-from-parent`: an asset belongs to its parent's customer (a root asset to
+//!   its path's customer); a device to its asset's customer (§3.9.15).
+//! - `code-collision`: legacy never checked generated customer/asset codes; the first
+//!   item loaded keeps the code, a later one gets `<code>-<first 8 hex of its id>`.
+//!
+//! Loaded as they are: non-UUID tenant and actor ids (tenant ids are text here),
+//! absent versus NULL attributes, inactive duplicate assignments. Quarantined
+//! (`migration_quarantine`, with the item and the reason): undecodable items, orphans,
+//! roles naming missing policies and assignments naming missing roles (changing grants
+//! is the operator's call), and whatever PostgreSQL refuses (duplicate serial numbers,
+//! keys or e-mails, values too long, ...). No single item stops the run.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::{Scope, Stores, ledger};
+use crate::domain::{AssetId, CustomerId};
+use crate::storage::dynamodb::{Item, ScanKey, item_json, record_from_item};
+use crate::storage::postgres::upsert_records;
+use crate::storage::replica::{Entity, Record};
+use crate::storage::{StoreError, StoreResult};
+
+mod page;
+mod prepare;
+mod progress;
+
+use page::*;
+use prepare::*;
+use progress::*;
+
+/// `gcdr-data backfill run` options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BackfillArgs {
+    /// Tables to load (comma-separated: customers, assets, devices, policies, roles,
+    /// role_assignments, partners); all by default. Loaded in that order.
+    #[arg(long, value_delimiter = ',')]
+    pub tables: Vec<String>,
+    /// Only these tenants (comma-separated); all by default.
+    #[arg(long, value_delimiter = ',')]
+    pub tenants: Vec<String>,
+    /// Parallel Scan segments per table.
+    #[arg(long, default_value_t = 4)]
+    pub segments: i32,
+    /// Items per Scan page (and per PostgreSQL transaction).
+    #[arg(long, default_value_t = 500)]
+    pub page_size: i32,
+    /// Items per second over all segments; 0 = unthrottled. Change it while the run
+    /// goes with `gcdr-data backfill rate`.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// The run's name: running again with the same name resumes it.
+    #[arg(long, default_value = "backfill")]
+    pub run_id: String,
+    /// Forget the run's checkpoints and start over (loaded rows stay; reloading them
+    /// is harmless).
+    #[arg(long)]
+    pub restart: bool,
+    /// Progress display: bars (a terminal), lines (logs), none. Default: bars on a
+    /// terminal, lines elsewhere.
+    #[arg(long)]
+    pub progress: Option<ProgressStyle>,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 10.0)]
+    pub progress_interval: f64,
+}
+
+/// How progress is shown.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressStyle {
+    Bars,
+    Lines,
+    None,
+}
+
+/// Per-table outcome counts of a run (resumed runs include what earlier attempts did).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// Items read from DynamoDB.
+    pub scanned: i64,
+    /// Written to PostgreSQL (as they are or repaired).
+    pub loaded: i64,
+    /// Not written: PostgreSQL already had a newer version (dual write got there first).
+    pub unchanged: i64,
+    /// Loaded with fields repaired under a documented rule.
+    pub repaired: i64,
+    /// Not loaded; see `migration_quarantine`.
+    pub quarantined: i64,
+    /// Waited for their parent (then loaded or quarantined).
+    pub deferred: i64,
+    /// Outside the `--tenants` filter.
+    pub skipped: i64,
+}
+
+/// What a whole run did, per table.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Summary {
+    pub run_id: String,
+    pub tables: Vec<(String, Counts)>,
+    pub seconds: f64,
+}
+
+/// Runs (or resumes) a backfill.
+pub async fn run(stores: &Stores, args: &BackfillArgs) -> anyhow::Result<Summary> {
+    let scope = Scope::parse(&args.tables, &args.tenants)?;
+    anyhow::ensure!(
+        (1..=1000).contains(&args.segments),
+        "--segments must be 1..=1000"
+    );
+    anyhow::ensure!(
+        (1..=10_000).contains(&args.page_size),
+        "--page-size must be 1..=10000"
+    );
+    anyhow::ensure!(args.rate >= 0.0, "--rate must be >= 0");
+    let started = Instant::now();
+    let run_id = args.run_id.as_str();
+
+    // One run of a name at a time: an advisory lock held on a dedicated connection.
+    let mut lock_conn = stores.pg.conn().await?;
+    let locked: LockRow = diesel::sql_query("SELECT pg_try_advisory_lock(hashtext($1)) AS ok")
+        .bind::<Text, _>(format!("gcdr-backfill:{run_id}"))
+        .get_result(&mut *lock_conn)
+        .await?;
+    anyhow::ensure!(
+        locked.ok,
+        "backfill run {run_id:?} is already running (another process holds its lock)"
+    );
+    let result = run_locked(stores, args, &scope).await;
+    // Release the run's lock whatever happened (the connection goes back to the pool).
+    let unlocked = diesel::sql_query("SELECT pg_advisory_unlock(hashtext($1))")
+        .bind::<Text, _>(format!("gcdr-backfill:{run_id}"))
+        .execute(&mut *lock_conn)
+        .await;
+    let mut summary = result?;
+    unlocked?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// The run, once its lock is held.
+async fn run_locked(
+    stores: &Stores,
+    args: &BackfillArgs,
+    scope: &Scope,
+) -> anyhow::Result<Summary> {
+    let run_id = args.run_id.as_str();
+    let scope = scope.clone();
+    let throttle = Arc::new(Throttle::new(args.rate));
+    {
+        let mut conn = stores.pg.conn().await?;
+        start_run(&mut conn, run_id, &scope, args).await?;
+    }
+
+    // Keep the throttle in step with `backfill rate`.
+    let poller = {
+        let pg = stores.pg.clone();
+        let throttle = throttle.clone();
+        let run_id = run_id.to_owned();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Ok(mut conn) = pg.conn().await else {
+                    continue;
+                };
+                let rate: Result<RateRow, _> =
+                    diesel::sql_query("SELECT rate_limit FROM backfill_runs WHERE run_id = $1")
+                        .bind::<Text, _>(&run_id)
+                        .get_result(&mut *conn)
+                        .await;
+                if let Ok(r) = rate {
+                    throttle.set(r.rate_limit);
+                }
+            }
+        })
+    };
+
+    let live: Arc<Vec<(Entity, Live)>> = Arc::new(
+        scope
+            .entities
+            .iter()
+            .map(|e| (*e, Live::default()))
+            .collect(),
+    );
+    for (e, l) in live.iter() {
+        let done = counts_of(stores, run_id, *e).await?;
+        l.scanned.store(done.scanned, Ordering::Relaxed);
+        l.loaded.store(done.loaded, Ordering::Relaxed);
+        l.quarantined.store(done.quarantined, Ordering::Relaxed);
+        let total = stores.dynamo.approximate_count(*e).await.ok().flatten();
+        l.total.store(total.unwrap_or(0), Ordering::Relaxed);
+    }
+    let style = args.progress.unwrap_or(if std::io::stderr().is_terminal() {
+        ProgressStyle::Bars
+    } else {
+        ProgressStyle::Lines
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let display = tokio::spawn(show_progress(
+        live.clone(),
+        style,
+        Duration::from_secs_f64(args.progress_interval.max(0.1)),
+        stop_rx,
+    ));
+
+    let result = async {
+        for (i, entity) in scope.entities.iter().enumerate() {
+            let l = &live[i].1;
+            *l.started.lock().expect("not poisoned") = Some(Instant::now());
+            load_table(stores, run_id, *entity, &scope, args, &throttle, l).await?;
+            let took = l
+                .started
+                .lock()
+                .expect("not poisoned")
+                .map(|s| s.elapsed().as_secs_f64());
+            *l.finished.lock().expect("not poisoned") = took;
+            l.done.store(true, Ordering::Relaxed);
+        }
+        replay_divergences(stores, run_id, &scope).await
+    }
+    .await;
+    let _ = stop_tx.send(true);
+    let _ = display.await;
+    poller.abort();
+    result?;
+
+    let mut conn = stores.pg.conn().await?;
+    diesel::sql_query(
+        "UPDATE backfill_runs SET finished_at = now(), updated_at = now() WHERE run_id = $1",
+    )
+    .bind::<Text, _>(run_id)
+    .execute(&mut *conn)
+    .await?;
+    let mut tables = Vec::new();
+    for e in &scope.entities {
+        tables.push((
+            table_word(*e).to_owned(),
+            counts_of(stores, run_id, *e).await?,
+        ));
+    }
+    Ok(Summary {
+        run_id: run_id.to_owned(),
+        tables,
+        seconds: 0.0,
+    })
+}
+
+/// Dual write that failed to reach PostgreSQL while the backfill ran (typically a copy
+/// refused because its parent was not loaded yet, at a scan position already passed)
+/// is in DynamoDB's divergence log: those records are loaded now, fresh from DynamoDB
+/// and through the same rules, and their divergences resolved. Later failures are
+/// `gcdr-data reconcile --from-divergence`'s.
+async fn replay_divergences(stores: &Stores, run_id: &str, scope: &Scope) -> anyhow::Result<()> {
+    use crate::storage::mode::Backend;
+    use crate::storage::replica::{DivergenceLog, Replica};
+    let open = match stores.dynamo.list(None).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the DynamoDB divergence log; run reconcile --from-divergence later");
+            return Ok(());
+        }
+    };
+    for entity in &scope.entities {
+        let mine: Vec<_> = open
+            .iter()
+            .filter(|d| d.target == Backend::Postgres && d.key.entity == *entity)
+            .filter(|d| scope.has_tenant(d.key.tenant.as_str()))
+            .collect();
+        for chunk in mine.chunks(100) {
+            let keys: Vec<(String, String)> = chunk
+                .iter()
+                .map(|d| (d.key.tenant.as_str().to_owned(), d.key.id.to_string()))
+                .collect();
+            let items = retry(|| stores.dynamo.batch_get(*entity, &keys)).await?;
+            let present: HashSet<(String, String)> = items.iter().map(raw_key).collect();
+            retry(|| {
+                load_page(
+                    stores,
+                    run_id,
+                    *entity,
+                    DEFERRED_PASS,
+                    scope,
+                    &items,
+                    None,
+                    true,
+                )
+            })
+            .await?;
+            for d in chunk {
+                let k = (d.key.tenant.as_str().to_owned(), d.key.id.to_string());
+                if !present.contains(&k) {
+                    // Deleted in DynamoDB: the copy that failed was the delete.
+                    retry(|| stores.pg.remove(&d.key)).await?;
+                }
+                retry(|| stores.dynamo.resolve(&d.key, Backend::Postgres)).await?;
+            }
+            tracing::info!(
+                entity = entity.as_str(),
+                records = chunk.len(),
+                "replayed failed dual writes"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Sets the throttle of a (running) backfill: items/s, 0 = unthrottled.
+pub async fn set_rate(stores: &Stores, run_id: &str, rate: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(rate >= 0.0 && rate.is_finite(), "rate must be >= 0");
+    let mut conn = stores.pg.conn().await?;
+    let n = diesel::sql_query(
+        "UPDATE backfill_runs SET rate_limit = $2, updated_at = now() WHERE run_id = $1",
+    )
+    .bind::<Text, _>(run_id)
+    .bind::<Double, _>(rate)
+    .execute(&mut *conn)
+    .await?;
+    anyhow::ensure!(n == 1, "no backfill run named {run_id:?}");
+    Ok(())
+}
+
+/// Prints a run's counts so far (it may be running) and the quarantine by reason.
+pub async fn status(stores: &Stores, run_id: &str) -> anyhow::Result<()> {
+    #[derive(diesel::QueryableByName)]
+    struct RunInfo {
+        #[diesel(sql_type = Array<Text>)]
+        entities: Vec<String>,
+        #[diesel(sql_type = Double)]
+        rate_limit: f64,
+        #[diesel(sql_type = Text)]
+        state: String,
+    }
+    let info: RunInfo = {
+        let mut conn = stores.pg.conn().await?;
+        diesel::sql_query(
+            "SELECT entities, rate_limit, CASE WHEN finished_at IS NULL THEN 'unfinished (running \
+             or stopped; run it again to resume)' ELSE 'finished ' || finished_at::text END AS state \
+             FROM backfill_runs WHERE run_id = $1",
+        )
+        .bind::<Text, _>(run_id)
+        .get_result(&mut *conn)
+        .await
+        .map_err(|e| match e {
+            diesel::result::Error::NotFound => anyhow::anyhow!("no backfill run named {run_id:?}"),
+            e => e.into(),
+        })?
+    };
+    println!(
+        "run {run_id}: {}; throttle {} items/s",
+        info.state, info.rate_limit
+    );
+    let mut tables = Vec::new();
+    for name in &info.entities {
+        if let Some(e) = Entity::parse(name) {
+            tables.push((
+                table_word(e).to_owned(),
+                counts_of(stores, run_id, e).await?,
+            ));
+        }
+    }
+    print_summary(&Summary {
+        run_id: run_id.to_owned(),
+        tables,
+        seconds: 0.0,
+    });
+    let mut conn = stores.pg.conn().await?;
+    for (entity, reason, n) in ledger::quarantine_summary(&mut conn).await? {
+        println!("quarantined {entity}: {n} x {reason}");
+    }
+    Ok(())
+}
+
+/// The legacy table word of an entity (as `--tables` takes it).
+pub fn table_word(e: Entity) -> &'static str {
+    match e {
+        Entity::Customer => "customers",
+        Entity::Asset => "assets",
+        Entity::Device => "devices",
+        Entity::Policy => "policies",
+        Entity::Role => "roles",
+        Entity::Assignment => "role_assignments",
+        Entity::Partner => "partners",
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct LockRow {
+    #[diesel(sql_type = Bool)]
+    ok: bool,
+}
+
+#[derive(diesel::QueryableByName)]
+struct RateRow {
+    #[diesel(sql_type = Double)]
+    rate_limit: f64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct RunRow {
+    #[diesel(sql_type = Array<Text>)]
+    entities: Vec<String>,
+    #[diesel(sql_type = Array<Text>)]
+    tenants: Vec<String>,
+    #[diesel(sql_type = Integer)]
+    segments: i32,
+}
+
+/// Creates the run, or checks that a resumed one has the same filters.
+async fn start_run(
+    conn: &mut AsyncPgConnection,
+    run_id: &str,
+    scope: &Scope,
+    args: &BackfillArgs,
+) -> anyhow::Result<()> {
+    if args.restart {
+        diesel::sql_query("DELETE FROM backfill_runs WHERE run_id = $1")
+            .bind::<Text, _>(run_id)
+            .execute(conn)
+            .await?;
+    }
+    let entities: Vec<String> = scope
+        .entities
+        .iter()
+        .map(|e| e.as_str().to_owned())
+        .collect();
+    let existing: Option<RunRow> = diesel::sql_query(
+        "SELECT entities, tenants, segments FROM backfill_runs WHERE run_id = $1",
+    )
+    .bind::<Text, _>(run_id)
+    .get_result(conn)
+    .await
+    .map(Some)
+    .or_else(|e| match e {
+        diesel::result::Error::NotFound => Ok(None),
+        e => Err(e),
+    })?;
+    match existing {
+        Some(r) => anyhow::ensure!(
+            r.entities == entities && r.tenants == scope.tenants && r.segments == args.segments,
+            "run {run_id:?} was started with tables {:?}, tenants {:?} and {} segments; \
+             resume it with the same options, or use --restart or another --run-id",
+            r.entities,
+            r.tenants,
+            r.segments
+        ),
+        None => {
+            diesel::sql_query(
+                "INSERT INTO backfill_runs (run_id, entities, tenants, segments, rate_limit) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind::<Text, _>(run_id)
+            .bind::<Array<Text>, _>(&entities)
+            .bind::<Array<Text>, _>(&scope.tenants)
+            .bind::<Integer, _>(args.segments)
+            .bind::<Double, _>(args.rate)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    // The rate given now applies to the resumed run too.
+    diesel::sql_query(
+        "UPDATE backfill_runs SET rate_limit = $2, updated_at = now() WHERE run_id = $1",
+    )
+    .bind::<Text, _>(run_id)
+    .bind::<Double, _>(args.rate)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(diesel::QueryableByName)]
+struct Checkpoint {
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    last_key: Option<serde_json::Value>,
+    #[diesel(sql_type = Bool)]
+    done: bool,
+}
+
+#[derive(diesel::QueryableByName, Default)]
+struct CountRow {
+    #[diesel(sql_type = BigInt)]
+    scanned: i64,
+    #[diesel(sql_type = BigInt)]
+    loaded: i64,
+    #[diesel(sql_type = BigInt)]
+    unchanged: i64,
+    #[diesel(sql_type = BigInt)]
+    repaired: i64,
+    #[diesel(sql_type = BigInt)]
+    quarantined: i64,
+    #[diesel(sql_type = BigInt)]
+    deferred: i64,
+    #[diesel(sql_type = BigInt)]
+    skipped: i64,
+}
+
+async fn counts_of(stores: &Stores, run_id: &str, entity: Entity) -> anyhow::Result<Counts> {
+    let mut conn = stores.pg.conn().await?;
+    let r: CountRow = diesel::sql_query(
+        "SELECT coalesce(sum(scanned), 0)::bigint AS scanned, coalesce(sum(loaded), 0)::bigint AS loaded, \
+                coalesce(sum(unchanged), 0)::bigint AS unchanged, coalesce(sum(repaired), 0)::bigint AS repaired, \
+                coalesce(sum(quarantined), 0)::bigint AS quarantined, coalesce(sum(deferred), 0)::bigint AS deferred, \
+                coalesce(sum(skipped), 0)::bigint AS skipped \
+         FROM backfill_checkpoints WHERE run_id = $1 AND entity = $2",
+    )
+    .bind::<Text, _>(run_id)
+    .bind::<Text, _>(entity.as_str())
+    .get_result(&mut *conn)
+    .await?;
+    Ok(Counts {
+        scanned: r.scanned,
+        loaded: r.loaded,
+        unchanged: r.unchanged,
+        repaired: r.repaired,
+        quarantined: r.quarantined,
+        deferred: r.deferred,
+        skipped: r.skipped,
+    })
+}
+
+/// The deferred pass's checkpoint row.
+const DEFERRED_PASS: i32 = -1;
+
+/// Scans one table with all its segments, then loads what was deferred.
+async fn load_table(
+    stores: &Stores,
+    run_id: &str,
+    entity: Entity,
+    scope: &Scope,
+    args: &BackfillArgs,
+    throttle: &Throttle,
+    live: &Live,
+) -> anyhow::Result<()> {
+    {
+        let mut conn = stores.pg.conn().await?;
+        for segment in DEFERRED_PASS..args.segments {
+            diesel::sql_query(
+                "INSERT INTO backfill_checkpoints (run_id, entity, segment) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind::<Text, _>(run_id)
+            .bind::<Text, _>(entity.as_str())
+            .bind::<Integer, _>(segment)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    // A table loaded from empty has planner statistics of an empty table, and the
+    // foreign-key checks' cached plans (a sequential scan) get slower with every page:
+    // re-analyze it while it grows (and once at the end, for the service's sake).
+    let table = super::verify::pg_table(entity);
+    let analyzer = {
+        let pg = stores.pg.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if let Ok(mut conn) = pg.conn().await {
+                    let _ = diesel::sql_query(format!("ANALYZE {table}"))
+                        .execute(&mut *conn)
+                        .await;
+                }
+            }
+        })
+    };
+    let segments = (0..args.segments)
+        .map(|segment| scan_segment(stores, run_id, entity, segment, scope, args, throttle, live));
+    let scanned = futures::future::try_join_all(segments)
+        .await
+        .with_context(|| format!("backfill of {}", table_word(entity)));
+    let result = match scanned {
+        Ok(_) => load_deferred(stores, run_id, entity, scope, args, throttle, live)
+            .await
+            .with_context(|| format!("deferred items of {}", table_word(entity))),
+        Err(e) => Err(e),
+    };
+    analyzer.abort();
+    let mut conn = stores.pg.conn().await?;
+    diesel::sql_query(format!("ANALYZE {table}"))
+        .execute(&mut *conn)
+        .await?;
+    result
+}
+
+async fn checkpoint(
+    stores: &Stores,
+    run_id: &str,
+    entity: Entity,
+    segment: i32,
+) -> anyhow::Result<Checkpoint> {
+    let mut conn = stores.pg.conn().await?;
+    Ok(diesel::sql_query(
+        "SELECT last_key, done FROM backfill_checkpoints \
+         WHERE run_id = $1 AND entity = $2 AND segment = $3",
+    )
+    .bind::<Text, _>(run_id)
+    .bind::<Text, _>(entity.as_str())
+    .bind::<Integer, _>(segment)
+    .get_result(&mut *conn)
+    .await?)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn scan_segment(
+    stores: &Stores,
+    run_id: &str,
+    entity: Entity,
+    segment: i32,
+    scope: &Scope,
+    args: &BackfillArgs,
+    throttle: &Throttle,
+    live: &Live,
+) -> anyhow::Result<()> {
+    let cp = checkpoint(stores, run_id, entity, segment).await?;
+    if cp.done {
+        return Ok(());
+    }
+    let position: Option<ScanKey> = cp
+        .last_key
+        .map(serde_json::from_value)
+        .transpose()
+        .context("bad checkpoint")?;
+    let scan = |from: Option<ScanKey>| async move {
+        retry(|| {
+            stores.dynamo.scan_page(
+                entity,
+                segment,
+                args.segments,
+                from.as_ref(),
+                args.page_size,
+            )
+        })
+        .await
+        .with_context(|| format!("scan of {} segment {segment}", table_word(entity)))
+    };
+    let mut page = scan(position).await?;
+    loop {
+        throttle.acquire(page.items.len()).await;
+        let next = page.next.clone();
+        // Load this page while the next one is read (the checkpoint only moves when the
+        // load commits, so a crash re-reads from here).
+        let load = async {
+            retry(|| {
+                load_page(
+                    stores,
+                    run_id,
+                    entity,
+                    segment,
+                    scope,
+                    &page.items,
+                    next.as_ref(),
+                    false,
+                )
+            })
+            .await
+            .with_context(|| format!("load of a {} page", table_word(entity)))
+        };
+        let fetch = async {
+            match &next {
+                Some(k) => scan(Some(k.clone())).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (outcome, following) = tokio::join!(load, fetch);
+        let outcome = outcome?;
+        live.scanned
+            .fetch_add(page.items.len() as i64, Ordering::Relaxed);
+        live.loaded
+            .fetch_add(outcome.loaded + outcome.unchanged, Ordering::Relaxed);
+        live.quarantined
+            .fetch_add(outcome.quarantined, Ordering::Relaxed);
+        match following? {
+            Some(p) => page = p,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Retries a store call that failed for want of the store (connection lost, throttled)
+/// a few times with backoff; anything else fails at once.
+async fn retry<T, F, Fut>(mut f: F) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = StoreResult<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Err(StoreError::Unavailable(msg)) if attempt < 8 => {
+                attempt += 1;
+                tracing::warn!(error = %msg, attempt, "store unavailable; retrying");
+                tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct DeferredRow {
+    #[diesel(sql_type = Text)]
+    tenant_id: String,
+    #[diesel(sql_type = Text)]
+    id: String,
+}
+
+/// Loads the items deferred while the table was scanned, re-read fresh, in rounds
+/// (each round can load the children of the previous one) until a round makes no
+/// progress; then quarantines the rest as orphans.
+async fn load_deferred(
+    stores: &Stores,
+    run_id: &str,
+    entity: Entity,
+    scope: &Scope,
+    args: &BackfillArgs,
+    throttle: &Throttle,
+    live: &Live,
+) -> anyhow::Result<()> {
+    if checkpoint(stores, run_id, entity, DEFERRED_PASS)
+        .await?
+        .done
+    {
+        return Ok(());
+    }
+    let mut final_round = false;
+    loop {
+        let before = deferred_count(stores, run_id, entity).await?;
+        if before == 0 {
+            break;
+        }
+        // Page through the deferred keys in key order.
+        let mut after = (String::new(), String::new());
+        loop {
+            let rows: Vec<DeferredRow> = {
+                let mut conn = stores.pg.conn().await?;
+                diesel::sql_query(
+                    "SELECT tenant_id, id FROM backfill_deferred \
+                     WHERE run_id = $1 AND entity = $2 AND (tenant_id, id) > ($3, $4) \
+                     ORDER BY tenant_id, id LIMIT $5",
+                )
+                .bind::<Text, _>(run_id)
+                .bind::<Text, _>(entity.as_str())
+                .bind::<Text, _>(&after.0)
+                .bind::<Text, _>(&after.1)
+                .bind::<BigInt, _>(i64::from(args.page_size))
+                .load(&mut *conn)
+                .await?
+            };
+            let Some(last) = rows.last() else { break };
+            after = (last.tenant_id.clone(), last.id.clone());
+            let keys: Vec<(String, String)> = rows
+                .iter()
+                .map(|r| (r.tenant_id.clone(), r.id.clone()))
+                .collect();
+            let items = retry(|| stores.dynamo.batch_get(entity, &keys)).await?;
+            // Deleted from DynamoDB since: nothing to load.
+            let present: HashSet<(String, String)> = items.iter().map(raw_key).collect();
+            let gone: Vec<_> = keys.into_iter().filter(|k| !present.contains(k)).collect();
+            if !gone.is_empty() {
+                let mut conn = stores.pg.conn().await?;
+                undefer(&mut conn, run_id, entity, &gone).await?;
+            }
+            throttle.acquire(items.len()).await;
+            let outcome = retry(|| {
+                load_page(
+                    stores,
+                    run_id,
+                    entity,
+                    DEFERRED_PASS,
+                    scope,
+                    &items,
+                    None,
+                    final_round,
+                )
+            })
+            .await?;
+            live.loaded
+                .fetch_add(outcome.loaded + outcome.unchanged, Ordering::Relaxed);
+            live.quarantined
+                .fetch_add(outcome.quarantined, Ordering::Relaxed);
+        }
+        let remaining = deferred_count(stores, run_id, entity).await?;
+        if final_round || remaining == 0 {
+            break;
+        }
+        if remaining == before {
+            final_round = true;
+        }
+    }
+    let mut conn = stores.pg.conn().await?;
+    diesel::sql_query(
+        "UPDATE backfill_checkpoints SET done = true, updated_at = now() \
+         WHERE run_id = $1 AND entity = $2 AND segment = $3",
+    )
+    .bind::<Text, _>(run_id)
+    .bind::<Text, _>(entity.as_str())
+    .bind::<Integer, _>(DEFERRED_PASS)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn deferred_count(stores: &Stores, run_id: &str, entity: Entity) -> anyhow::Result<i64> {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let mut conn = stores.pg.conn().await?;
+    let n: N = diesel::sql_query(
+        "SELECT count(*) AS n FROM backfill_deferred WHERE run_id = $1 AND entity = $2",
+    )
+    .bind::<Text, _>(run_id)
+    .bind::<Text, _>(entity.as_str())
+    .get_result(&mut *conn)
+    .await?;
+    Ok(n.n)
+}
+
+/// The end-of-run table.
+pub fn print_summary(s: &Summary) {
+    println!(
+        "{:<17}{:>9}{:>9}{:>10}{:>9}{:>12}{:>9}{:>8}",
+        "table", "scanned", "loaded", "unchanged", "repaired", "quarantined", "deferred", "skipped"
+    );
+    for (name, c) in &s.tables {
+        println!(
+            "{name:<17}{:>9}{:>9}{:>10}{:>9}{:>12}{:>9}{:>8}",
+            c.scanned, c.loaded, c.unchanged, c.repaired, c.quarantined, c.deferred, c.skipped
+        );
+    }
+    let total: i64 = s.tables.iter().map(|(_, c)| c.scanned).sum();
+    if s.seconds == 0.0 {
+        return;
+    }
+    println!(
+        "run {}: {total} items in {:.1} s ({:.0} items/s); quarantined items are in \
+         migration_quarantine, repairs in migration_repairs",
+        s.run_id,
+        s.seconds,
+        total as f64 / s.seconds.max(1e-9)
+    );
+}

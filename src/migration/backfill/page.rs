@@ -1,0 +1,275 @@
+//! Loading one page: the PostgreSQL transaction that writes the rows, the ledger
+//! entries, the deferrals and the segment's checkpoint together.
+
+use super::*;
+
+/// What happened to one page (added to the checkpoint's counts).
+#[derive(Default, Debug)]
+pub(super) struct PageOutcome {
+    pub(super) loaded: i64,
+    pub(super) unchanged: i64,
+    pub(super) repaired: i64,
+    pub(super) quarantined: i64,
+    pub(super) deferred: i64,
+    pub(super) skipped: i64,
+}
+
+/// Loads one page in one transaction with the checkpoint (or, for the deferred pass,
+/// with the removal of what it resolved). `last` is where the segment's scan now
+/// stands (`None`: finished). In the deferred pass `final_round` quarantines what still
+/// waits for a parent.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn load_page(
+    stores: &Stores,
+    run_id: &str,
+    entity: Entity,
+    segment: i32,
+    scope: &Scope,
+    items: &[Item],
+    last: Option<&ScanKey>,
+    final_round: bool,
+) -> StoreResult<PageOutcome> {
+    let mut conn = stores.pg.conn().await?;
+    let run_id = run_id.to_owned();
+    let scope = scope.clone();
+    conn.transaction::<_, StoreError, _>(async |conn| {
+        let mut out = PageOutcome::default();
+        let mut keyed = Vec::new();
+        for item in items {
+            let key = raw_key(item);
+            if !scope.has_tenant(&key.0) {
+                out.skipped += 1;
+                continue;
+            }
+            keyed.push((key, item));
+        }
+        let prepared = prepare(conn, entity, &keyed).await?;
+        let mut ready = Vec::new();
+        let mut clean = Vec::new();
+        let mut resolved = Vec::new();
+        let mut deferred = Vec::new();
+        for ((key, item), p) in keyed.iter().zip(prepared) {
+            match p {
+                Prepared::Ready {
+                    record,
+                    fields,
+                    rules,
+                } => {
+                    if fields.is_empty() {
+                        clean.push(key.clone());
+                    } else {
+                        ledger::repaired(conn, entity, key, &fields, &rules, &run_id).await?;
+                        out.repaired += 1;
+                    }
+                    resolved.push(key.clone());
+                    ready.push((key.clone(), (*item).clone(), *record));
+                }
+                Prepared::Defer { waits_for } if !final_round => {
+                    // Counted once, when first deferred by the scan.
+                    if segment != DEFERRED_PASS {
+                        out.deferred += 1;
+                    }
+                    deferred.push((key.clone(), waits_for));
+                }
+                Prepared::Defer { waits_for } => {
+                    out.quarantined += 1;
+                    resolved.push(key.clone());
+                    let reason = format!("orphan: {waits_for} is not in the legacy data");
+                    ledger::quarantine(conn, entity, key, &reason, &item_json(item), &run_id)
+                        .await?;
+                }
+                Prepared::Quarantine { reason } => {
+                    out.quarantined += 1;
+                    resolved.push(key.clone());
+                    ledger::quarantine(conn, entity, key, &reason, &item_json(item), &run_id)
+                        .await?;
+                }
+            }
+        }
+        // Everything in one statement; if PostgreSQL refuses one row, each row in
+        // its own savepoint, quarantining the refused ones.
+        // Parents before children: the rows go out in several statements.
+        ready.sort_by_key(|(_, _, r)| r.depth());
+        let records: Vec<Record> = ready.iter().map(|(_, _, r)| r.clone()).collect();
+        let bulk = conn
+            .transaction::<_, StoreError, _>(async |c| upsert_records(c, &records).await)
+            .await;
+        match bulk {
+            Ok(written) => {
+                out.loaded += written as i64;
+                out.unchanged += (records.len() - written) as i64;
+            }
+            Err(StoreError::Unavailable(m)) => return Err(StoreError::Unavailable(m)),
+            Err(_) => {
+                let mut refused = HashSet::new();
+                for (key, item, record) in &ready {
+                    let one = std::slice::from_ref(record);
+                    let r = conn
+                        .transaction::<_, StoreError, _>(async |c| upsert_records(c, one).await)
+                        .await;
+                    match r {
+                        Ok(1) => out.loaded += 1,
+                        Ok(_) => out.unchanged += 1,
+                        Err(StoreError::Unavailable(m)) => {
+                            return Err(StoreError::Unavailable(m));
+                        }
+                        Err(e) => {
+                            out.quarantined += 1;
+                            refused.insert(key.clone());
+                            ledger::quarantine(
+                                conn,
+                                entity,
+                                key,
+                                &refusal(&e),
+                                &item_json(item),
+                                &run_id,
+                            )
+                            .await?;
+                        }
+                    }
+                }
+                clean.retain(|k| !refused.contains(k));
+                ready.retain(|(k, _, _)| !refused.contains(k));
+            }
+        }
+        forget_ledger(conn, entity, &clean, &ready).await?;
+        defer(conn, &run_id, entity, &deferred).await?;
+        if segment == DEFERRED_PASS {
+            undefer(conn, &run_id, entity, &resolved).await?;
+        }
+        let last_key = last
+            .map(|k| serde_json::to_value(k).expect("a string map serializes"))
+            .filter(|_| segment != DEFERRED_PASS);
+        diesel::sql_query(
+            "UPDATE backfill_checkpoints SET \
+                   last_key = CASE WHEN $4 THEN $5 ELSE last_key END, \
+                   done = CASE WHEN $4 THEN $6 ELSE done END, \
+                   scanned = scanned + $7, loaded = loaded + $8, unchanged = unchanged + $9, \
+                   repaired = repaired + $10, quarantined = quarantined + $11, \
+                   deferred = deferred + $12, skipped = skipped + $13, updated_at = now() \
+                 WHERE run_id = $1 AND entity = $2 AND segment = $3",
+        )
+        .bind::<Text, _>(&run_id)
+        .bind::<Text, _>(entity.as_str())
+        .bind::<Integer, _>(segment)
+        .bind::<Bool, _>(segment != DEFERRED_PASS)
+        .bind::<Nullable<Jsonb>, _>(last_key)
+        .bind::<Bool, _>(last.is_none())
+        .bind::<BigInt, _>(if segment == DEFERRED_PASS {
+            0
+        } else {
+            items.len() as i64
+        })
+        .bind::<BigInt, _>(out.loaded)
+        .bind::<BigInt, _>(out.unchanged)
+        .bind::<BigInt, _>(out.repaired)
+        .bind::<BigInt, _>(out.quarantined)
+        .bind::<BigInt, _>(out.deferred)
+        .bind::<BigInt, _>(out.skipped)
+        .execute(conn)
+        .await?;
+        Ok(out)
+    })
+    .await
+}
+
+/// Why PostgreSQL refused a row, for the quarantine table.
+pub(super) fn refusal(e: &StoreError) -> String {
+    match e {
+        StoreError::AlreadyExists { reason, field } => format!("duplicate: {field} ({reason})"),
+        StoreError::FailedPrecondition { reason, message } => {
+            format!("reference: {message} ({reason})")
+        }
+        StoreError::InvalidArgument { field, message } => format!("invalid: {field}: {message}"),
+        StoreError::Internal(src) => format!("refused: {src}"),
+        e => format!("refused: {e}"),
+    }
+}
+
+/// Items loaded as they are lose any earlier quarantine or repair entry; repaired ones
+/// lose an earlier quarantine entry.
+pub(super) async fn forget_ledger(
+    conn: &mut AsyncPgConnection,
+    entity: Entity,
+    clean: &[ledger::LedgerKey],
+    ready: &[(ledger::LedgerKey, Item, Record)],
+) -> StoreResult<()> {
+    let all: Vec<&ledger::LedgerKey> = ready.iter().map(|(k, _, _)| k).collect();
+    for (table, keys) in [
+        ("migration_quarantine", all),
+        ("migration_repairs", clean.iter().collect()),
+    ] {
+        if keys.is_empty() {
+            continue;
+        }
+        let (t, i): (Vec<String>, Vec<String>) = keys.into_iter().cloned().unzip();
+        diesel::sql_query(format!(
+            "DELETE FROM {table} WHERE entity = $1 AND (tenant_id, id) IN \
+             (SELECT * FROM unnest($2::text[], $3::text[]))"
+        ))
+        .bind::<Text, _>(entity.as_str())
+        .bind::<Array<Text>, _>(&t)
+        .bind::<Array<Text>, _>(&i)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn defer(
+    conn: &mut AsyncPgConnection,
+    run_id: &str,
+    entity: Entity,
+    items: &[(ledger::LedgerKey, String)],
+) -> StoreResult<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let tenants: Vec<&str> = items.iter().map(|(k, _)| k.0.as_str()).collect();
+    let ids: Vec<&str> = items.iter().map(|(k, _)| k.1.as_str()).collect();
+    let waits: Vec<&str> = items.iter().map(|(_, w)| w.as_str()).collect();
+    diesel::sql_query(
+        "INSERT INTO backfill_deferred (run_id, entity, tenant_id, id, waits_for) \
+         SELECT $1, $2, t, i, w FROM unnest($3::text[], $4::text[], $5::text[]) AS k(t, i, w) \
+         ON CONFLICT (run_id, entity, tenant_id, id) DO UPDATE SET waits_for = excluded.waits_for",
+    )
+    .bind::<Text, _>(run_id)
+    .bind::<Text, _>(entity.as_str())
+    .bind::<Array<Text>, _>(&tenants)
+    .bind::<Array<Text>, _>(&ids)
+    .bind::<Array<Text>, _>(&waits)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn undefer(
+    conn: &mut AsyncPgConnection,
+    run_id: &str,
+    entity: Entity,
+    keys: &[ledger::LedgerKey],
+) -> StoreResult<()> {
+    let (t, i): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+    diesel::sql_query(
+        "DELETE FROM backfill_deferred WHERE run_id = $1 AND entity = $2 AND (tenant_id, id) IN \
+         (SELECT * FROM unnest($3::text[], $4::text[]))",
+    )
+    .bind::<Text, _>(run_id)
+    .bind::<Text, _>(entity.as_str())
+    .bind::<Array<Text>, _>(&t)
+    .bind::<Array<Text>, _>(&i)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The item's `tenantId` and `id` as stored (empty when absent or not strings).
+pub(super) fn raw_key(item: &Item) -> (String, String) {
+    let s = |k: &str| {
+        item.get(k)
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default()
+    };
+    (s("tenantId"), s("id"))
+}
