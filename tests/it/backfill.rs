@@ -47,26 +47,14 @@ fn item(pairs: &[(&str, AttributeValue)]) -> Item {
         .collect()
 }
 
-/// A customer item as legacy wrote it; `parent` None leaves the attribute absent.
-fn customer(id: Uuid, parent: Option<Uuid>, path: &str, depth: i64, code: &str) -> Item {
+/// The attributes every legacy entity item has (tenant, id, names, status, version,
+/// audit), plus `extra`.
+fn base(id: Uuid, name: &str, extra: &[(&str, AttributeValue)]) -> Item {
     let mut i = item(&[
         ("tenantId", s(T)),
         ("id", s(&id.to_string())),
-        ("path", s(path)),
-        ("depth", n(depth)),
-        ("name", s(&format!("Customer {code}"))),
-        ("displayName", s(&format!("Customer {code}"))),
-        ("code", s(code)),
-        ("type", s("COMPANY")),
-        (
-            "settings",
-            m(&[
-                ("timezone", s("America/Sao_Paulo")),
-                ("locale", s("pt-BR")),
-                ("currency", s("BRL")),
-                ("inheritFromParent", AttributeValue::Bool(true)),
-            ]),
-        ),
+        ("name", s(name)),
+        ("displayName", s(name)),
         ("metadata", m(&[])),
         ("status", s("ACTIVE")),
         ("version", n(1)),
@@ -74,6 +62,31 @@ fn customer(id: Uuid, parent: Option<Uuid>, path: &str, depth: i64, code: &str) 
         ("updatedAt", s(TS)),
         ("createdBy", s("system")),
     ]);
+    i.extend(item(extra));
+    i
+}
+
+/// A customer item as legacy wrote it; `parent` None leaves the attribute absent.
+fn customer(id: Uuid, parent: Option<Uuid>, path: &str, depth: i64, code: &str) -> Item {
+    let mut i = base(
+        id,
+        &format!("Customer {code}"),
+        &[
+            ("path", s(path)),
+            ("depth", n(depth)),
+            ("code", s(code)),
+            ("type", s("COMPANY")),
+            (
+                "settings",
+                m(&[
+                    ("timezone", s("America/Sao_Paulo")),
+                    ("locale", s("pt-BR")),
+                    ("currency", s("BRL")),
+                    ("inheritFromParent", AttributeValue::Bool(true)),
+                ]),
+            ),
+        ],
+    );
     if let Some(p) = parent {
         i.insert("parentCustomerId".into(), s(&p.to_string()));
     }
@@ -88,26 +101,20 @@ fn asset(
     depth: i64,
     code: &str,
 ) -> Item {
-    let mut i = item(&[
-        ("tenantId", s(T)),
-        ("id", s(&id.to_string())),
-        ("customerId", s(&customer.to_string())),
-        ("path", s(path)),
-        ("depth", n(depth)),
-        ("name", s(&format!("Asset {code}"))),
-        ("displayName", s(&format!("Asset {code}"))),
-        ("code", s(code)),
-        ("type", s("BUILDING")),
-        ("location", m(&[])),
-        ("specs", m(&[])),
-        ("tags", AttributeValue::L(vec![])),
-        ("metadata", m(&[])),
-        ("status", s("ACTIVE")),
-        ("version", n(1)),
-        ("createdAt", s(TS)),
-        ("updatedAt", s(TS)),
-        ("createdBy", s("system")),
-    ]);
+    let mut i = base(
+        id,
+        &format!("Asset {code}"),
+        &[
+            ("customerId", s(&customer.to_string())),
+            ("path", s(path)),
+            ("depth", n(depth)),
+            ("code", s(code)),
+            ("type", s("BUILDING")),
+            ("location", m(&[])),
+            ("specs", m(&[])),
+            ("tags", AttributeValue::L(vec![])),
+        ],
+    );
     if let Some(p) = parent {
         i.insert("parentAssetId".into(), s(&p.to_string()));
     }
@@ -115,34 +122,28 @@ fn asset(
 }
 
 fn device(id: Uuid, asset: Uuid, customer: Uuid, serial: &str) -> Item {
-    item(&[
-        ("tenantId", s(T)),
-        ("id", s(&id.to_string())),
-        ("assetId", s(&asset.to_string())),
-        ("customerId", s(&customer.to_string())),
-        ("name", s(serial)),
-        ("displayName", s(serial)),
-        ("type", s("SENSOR")),
-        ("serialNumber", s(serial)),
-        ("specs", m(&[("serialNumber", s(serial))])),
-        ("connectivityStatus", s("UNKNOWN")),
-        (
-            "telemetryConfig",
-            m(&[
-                ("reportingInterval", n(60)),
-                ("telemetryKeys", AttributeValue::L(vec![])),
-                ("attributeKeys", AttributeValue::L(vec![])),
-            ]),
-        ),
-        ("tags", AttributeValue::L(vec![])),
-        ("metadata", m(&[])),
-        ("attributes", m(&[])),
-        ("status", s("ACTIVE")),
-        ("version", n(1)),
-        ("createdAt", s(TS)),
-        ("updatedAt", s(TS)),
-        ("createdBy", s("system")),
-    ])
+    base(
+        id,
+        serial,
+        &[
+            ("assetId", s(&asset.to_string())),
+            ("customerId", s(&customer.to_string())),
+            ("type", s("SENSOR")),
+            ("serialNumber", s(serial)),
+            ("specs", m(&[("serialNumber", s(serial))])),
+            ("connectivityStatus", s("UNKNOWN")),
+            (
+                "telemetryConfig",
+                m(&[
+                    ("reportingInterval", n(60)),
+                    ("telemetryKeys", AttributeValue::L(vec![])),
+                    ("attributeKeys", AttributeValue::L(vec![])),
+                ]),
+            ),
+            ("tags", AttributeValue::L(vec![])),
+            ("attributes", m(&[])),
+        ],
+    )
 }
 
 fn policy(id: Uuid, key: &str) -> Item {

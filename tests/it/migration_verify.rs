@@ -16,7 +16,7 @@ use gcdr_data::storage::replica::{DivergenceLog, Entity, Replica};
 use uuid::Uuid;
 
 use crate::harness::{customer, req};
-use crate::storage_modes::{ModeServer, key};
+use crate::storage_modes::{ModeServer, building_with_meter, key};
 
 fn stores(s: &ModeServer) -> Stores {
     Stores {
@@ -48,39 +48,7 @@ async fn populate(s: &ModeServer, tenant: &str) -> (Vec<pb::Customer>, pb::Asset
     for name in ["Alpha", "Beta", "Gamma"] {
         cs.push(create_customer(s, tenant, name).await);
     }
-    let asset = s
-        .assets()
-        .create_asset(req(
-            tenant,
-            pb::CreateAssetRequest {
-                asset: Some(pb::Asset {
-                    customer_id: cs[0].id.clone(),
-                    name: "Building".into(),
-                    r#type: pb::AssetType::Building as i32,
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let device = s
-        .devices()
-        .create_device(req(
-            tenant,
-            pb::CreateDeviceRequest {
-                device: Some(pb::Device {
-                    asset_id: asset.id.clone(),
-                    name: "Meter".into(),
-                    r#type: pb::DeviceType::Meter as i32,
-                    serial_number: format!("SN-{}", Uuid::new_v4().simple()),
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let (asset, device) = building_with_meter(s, tenant, &cs[0].id).await;
     s.replicator.flush().await;
     (cs, asset, device)
 }

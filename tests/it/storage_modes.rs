@@ -128,6 +128,48 @@ impl ModeServer {
     }
 }
 
+/// Creates a building under `customer` and a meter on it, through the API.
+pub async fn building_with_meter(
+    s: &ModeServer,
+    tenant: &str,
+    customer: &str,
+) -> (pb::Asset, pb::Device) {
+    let asset = s
+        .assets()
+        .create_asset(req(
+            tenant,
+            pb::CreateAssetRequest {
+                asset: Some(pb::Asset {
+                    customer_id: customer.to_owned(),
+                    name: "Building".into(),
+                    r#type: pb::AssetType::Building as i32,
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let device = s
+        .devices()
+        .create_device(req(
+            tenant,
+            pb::CreateDeviceRequest {
+                device: Some(pb::Device {
+                    asset_id: asset.id.clone(),
+                    name: "Meter".into(),
+                    r#type: pb::DeviceType::Meter as i32,
+                    serial_number: format!("SN-{}", Uuid::new_v4().simple()),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    (asset, device)
+}
+
 pub fn admin_req<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut()
@@ -226,39 +268,7 @@ async fn lifecycle(s: &ModeServer, tenant: &str) -> (Vec<RecordKey>, Vec<RecordK
         .into_inner();
     assert_eq!(descendants.customers.len(), 1);
 
-    let asset = s
-        .assets()
-        .create_asset(req(
-            tenant,
-            pb::CreateAssetRequest {
-                asset: Some(pb::Asset {
-                    customer_id: child.id.clone(),
-                    name: "Building".into(),
-                    r#type: pb::AssetType::Building as i32,
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let device = s
-        .devices()
-        .create_device(req(
-            tenant,
-            pb::CreateDeviceRequest {
-                device: Some(pb::Device {
-                    asset_id: asset.id.clone(),
-                    name: "Meter".into(),
-                    r#type: pb::DeviceType::Meter as i32,
-                    serial_number: format!("SN-{}", Uuid::new_v4().simple()),
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let (asset, device) = building_with_meter(s, tenant, &child.id).await;
     assert_eq!(device.customer_id, child.id);
     let doomed = s
         .devices()
