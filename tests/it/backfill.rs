@@ -18,18 +18,18 @@ use uuid::Uuid;
 use crate::harness::req;
 use crate::storage_modes::{ModeServer, dynamo_url};
 
-const T: &str = "tenant-default";
+pub const T: &str = "tenant-default";
 const TS: &str = "2025-03-01T10:00:00.000Z";
 
-fn s(v: &str) -> AttributeValue {
+pub fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.into())
 }
 
-fn n(v: i64) -> AttributeValue {
+pub fn n(v: i64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn m(pairs: &[(&str, AttributeValue)]) -> AttributeValue {
+pub fn m(pairs: &[(&str, AttributeValue)]) -> AttributeValue {
     AttributeValue::M(
         pairs
             .iter()
@@ -38,9 +38,9 @@ fn m(pairs: &[(&str, AttributeValue)]) -> AttributeValue {
     )
 }
 
-type Item = HashMap<String, AttributeValue>;
+pub type Item = HashMap<String, AttributeValue>;
 
-fn item(pairs: &[(&str, AttributeValue)]) -> Item {
+pub fn item(pairs: &[(&str, AttributeValue)]) -> Item {
     pairs
         .iter()
         .map(|(k, v)| ((*k).into(), v.clone()))
@@ -67,7 +67,7 @@ fn base(id: Uuid, name: &str, extra: &[(&str, AttributeValue)]) -> Item {
 }
 
 /// A customer item as legacy wrote it; `parent` None leaves the attribute absent.
-fn customer(id: Uuid, parent: Option<Uuid>, path: &str, depth: i64, code: &str) -> Item {
+pub fn customer(id: Uuid, parent: Option<Uuid>, path: &str, depth: i64, code: &str) -> Item {
     let mut i = base(
         id,
         &format!("Customer {code}"),
@@ -93,7 +93,7 @@ fn customer(id: Uuid, parent: Option<Uuid>, path: &str, depth: i64, code: &str) 
     i
 }
 
-fn asset(
+pub fn asset(
     id: Uuid,
     customer: Uuid,
     parent: Option<Uuid>,
@@ -121,7 +121,7 @@ fn asset(
     i
 }
 
-fn device(id: Uuid, asset: Uuid, customer: Uuid, serial: &str) -> Item {
+pub fn device(id: Uuid, asset: Uuid, customer: Uuid, serial: &str) -> Item {
     base(
         id,
         serial,
@@ -146,7 +146,7 @@ fn device(id: Uuid, asset: Uuid, customer: Uuid, serial: &str) -> Item {
     )
 }
 
-fn policy(id: Uuid, key: &str) -> Item {
+pub fn policy(id: Uuid, key: &str) -> Item {
     item(&[
         ("tenantId", s(T)),
         ("id", s(&id.to_string())),
@@ -163,7 +163,7 @@ fn policy(id: Uuid, key: &str) -> Item {
     ])
 }
 
-fn role(id: Uuid, key: &str, policies: &[&str]) -> Item {
+pub fn role(id: Uuid, key: &str, policies: &[&str]) -> Item {
     item(&[
         ("tenantId", s(T)),
         ("id", s(&id.to_string())),
@@ -183,7 +183,7 @@ fn role(id: Uuid, key: &str, policies: &[&str]) -> Item {
     ])
 }
 
-fn assignment(id: Uuid, role: &str, scope: &str, status: &str) -> Item {
+pub fn assignment(id: Uuid, role: &str, scope: &str, status: &str) -> Item {
     item(&[
         ("tenantId", s(T)),
         ("id", s(&id.to_string())),
@@ -200,7 +200,7 @@ fn assignment(id: Uuid, role: &str, scope: &str, status: &str) -> Item {
     ])
 }
 
-async fn put(stores: &Stores, table: &str, items: Vec<Item>) {
+pub async fn put(stores: &Stores, table: &str, items: Vec<Item>) {
     for i in items {
         stores
             .dynamo

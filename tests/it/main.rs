@@ -8,6 +8,7 @@ mod devices;
 mod harness;
 mod hierarchy;
 mod isolation;
+mod legacy_items;
 mod migration_verify;
 mod partners;
 mod server;

@@ -538,3 +538,103 @@ async fn a_mode_flip_under_load_fails_no_call_and_loses_no_write() {
         );
     }
 }
+
+/// DynamoDB unreachable while it is authoritative: calls answer UNAVAILABLE (never
+/// INTERNAL), nothing is half-written to PostgreSQL, and health says so, per store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authoritative_dynamodb_outage_is_unavailable_and_not_serving() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let s = ModeServer::start_with(StorageMode::DualDynamodbPrimary, &dead).await;
+    let created = s
+        .customers()
+        .create_customer(req(
+            "tenant-a",
+            pb::CreateCustomerRequest {
+                customer: Some(pb::Customer {
+                    name: "Holding".into(),
+                    r#type: pb::CustomerType::Holding as i32,
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await;
+    assert_eq!(created.unwrap_err().code(), Code::Unavailable);
+    let got = s
+        .customers()
+        .get_customer(req(
+            "tenant-a",
+            pb::GetCustomerRequest {
+                id: Uuid::new_v4().to_string(),
+            },
+        ))
+        .await;
+    assert_eq!(got.unwrap_err().code(), Code::Unavailable);
+    s.replicator.flush().await;
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = s.pg.conn().await.unwrap();
+    let rows: N = diesel_async::RunQueryDsl::get_result(
+        diesel::sql_query("SELECT count(*) AS n FROM customers"),
+        &mut *conn,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        rows.n, 0,
+        "a failed authoritative write left a copy in PostgreSQL"
+    );
+
+    let health = HealthClient::new(s.channel.clone());
+    let status = |service: &'static str| {
+        let mut h = health.clone();
+        async move {
+            let r = h
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .expect("health answers");
+            ServingStatus::try_from(r.into_inner().status).unwrap()
+        }
+    };
+    let mut seen = (
+        ServingStatus::Unknown,
+        ServingStatus::Unknown,
+        ServingStatus::Unknown,
+    );
+    for _ in 0..100 {
+        seen = (
+            status("").await,
+            status("gcdr.storage.dynamodb").await,
+            status("gcdr.storage.postgres").await,
+        );
+        if seen
+            == (
+                ServingStatus::NotServing,
+                ServingStatus::NotServing,
+                ServingStatus::Serving,
+            )
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen,
+        (
+            ServingStatus::NotServing,
+            ServingStatus::NotServing,
+            ServingStatus::Serving
+        )
+    );
+}
