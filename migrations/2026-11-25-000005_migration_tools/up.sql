@@ -47,7 +47,7 @@ CREATE TABLE backfill_deferred (
 );
 
 -- Legacy items that could not be loaded: the item as read (DynamoDB JSON) and why.
--- Kept until the item loads (a later backfill or reconcile deletes the row).
+-- Kept until a later backfill loads the item (which deletes the row).
 CREATE TABLE migration_quarantine (
     entity         text NOT NULL,
     tenant_id      text NOT NULL,

@@ -10,7 +10,10 @@
 //! it is removed from the other store. A repaired divergence is resolved in the log it
 //! came from. Keys the backfill quarantined are skipped and reported. A key that fails
 //! is reported and the run goes on; keys are processed in load order (parents first)
-//! and the failed ones retried once at the end. Running it again changes nothing.
+//! and the failed ones retried in passes while a pass makes progress (the exit status
+//! is non-zero when some still fail). An overwrite or removal happens only while the
+//! source still holds what was read, so a write landing meanwhile is never undone.
+//! Running it again changes nothing.
 
 use std::collections::BTreeMap;
 
@@ -48,6 +51,8 @@ pub struct DivergenceRef {
     pub log: Backend,
     /// The store that missed the write.
     pub target: Backend,
+    /// Its failure count when listed: a later failure keeps it open.
+    pub failures: i64,
 }
 
 /// One key to reconcile.
@@ -151,6 +156,11 @@ pub async fn main(stores: &Stores, args: ReconcileArgs) -> anyhow::Result<()> {
     let mut summary = reconcile(stores, tasks, args.dry_run).await?;
     summary.failed.extend(unusable);
     print_summary(&summary);
+    anyhow::ensure!(
+        summary.failed.is_empty(),
+        "{} keys could not be reconciled (listed above); fix the cause and run it again",
+        summary.failed.len()
+    );
     Ok(())
 }
 
@@ -228,6 +238,7 @@ pub async fn tasks_from_divergences(stores: &Stores) -> anyhow::Result<Vec<Task>
                 divergences: vec![DivergenceRef {
                     log: b,
                     target: d.target,
+                    failures: d.failures,
                 }],
             });
         }
@@ -269,22 +280,33 @@ pub async fn reconcile(
         dry_run,
         ..Summary::default()
     };
-    let mut retry = Vec::new();
-    for (_, mut task) in merged {
-        task.divergences.sort();
-        task.divergences.dedup();
-        match one(stores, &task, dry_run).await {
-            Ok(outcome) => record(&mut summary, &task, outcome),
-            Err(_) => retry.push(task),
+    let mut pending: Vec<Task> = merged
+        .into_values()
+        .map(|mut task| {
+            task.divergences.sort();
+            task.divergences.dedup();
+            task
+        })
+        .collect();
+    // A child copied before its parent (or a parent removed before its children), or a
+    // key whose source changed meanwhile, fails; passes repeat while they make progress.
+    loop {
+        let before = pending.len();
+        let mut failed = Vec::new();
+        for task in pending {
+            match one(stores, &task, dry_run).await {
+                Ok(outcome) => record(&mut summary, &task, outcome),
+                Err(e) => failed.push((task, e)),
+            }
         }
-    }
-    // A child copied before its parent (or a parent removed before its children)
-    // fails the first time.
-    for task in retry {
-        match one(stores, &task, dry_run).await {
-            Ok(outcome) => record(&mut summary, &task, outcome),
-            Err(e) => summary.failed.push((describe(&task.key), format!("{e:#}"))),
+        if failed.is_empty() || failed.len() == before {
+            summary.failed = failed
+                .into_iter()
+                .map(|(task, e)| (describe(&task.key), format!("{e:#}")))
+                .collect();
+            break;
         }
+        pending = failed.into_iter().map(|(task, _)| task).collect();
     }
     Ok(summary)
 }
@@ -329,6 +351,16 @@ async fn one(stores: &Stores, task: &Task, dry_run: bool) -> anyhow::Result<Outc
         (Some(w), Some(h)) if differing_fields(w, h).is_empty() => Outcome::Equal,
         (None, Some(_)) => {
             if !dry_run {
+                // Not if it was created meanwhile (the next pass sees it).
+                anyhow::ensure!(
+                    source
+                        .load(key)
+                        .await
+                        .context("re-read the source")?
+                        .is_none(),
+                    "created in {} while reconciling; retrying",
+                    task.source.as_str()
+                );
                 dest.remove(key).await.context("remove")?;
             }
             Outcome::Removed
@@ -341,6 +373,16 @@ async fn one(stores: &Stores, task: &Task, dry_run: bool) -> anyhow::Result<Outc
                     .as_ref()
                     .is_none_or(|n| !differing_fields(w, n).is_empty())
                 {
+                    // Overwriting ignores versions: only with the source still as read,
+                    // so a write that landed meanwhile is never moved backwards.
+                    let again = source.load(key).await.context("re-read the source")?;
+                    anyhow::ensure!(
+                        again
+                            .as_ref()
+                            .is_some_and(|a| differing_fields(w, a).is_empty()),
+                        "changed in {} while reconciling; retrying",
+                        task.source.as_str()
+                    );
                     dest.overwrite(w).await.context("overwrite")?;
                     let after = dest.load(key).await.context("re-read")?;
                     let fields = match &after {
@@ -360,7 +402,7 @@ async fn one(stores: &Stores, task: &Task, dry_run: bool) -> anyhow::Result<Outc
     if !dry_run {
         for d in &task.divergences {
             log(stores, d.log)
-                .resolve(key, d.target)
+                .resolve(key, d.target, d.failures)
                 .await
                 .with_context(|| format!("resolve the divergence in {}", d.log.as_str()))?;
         }

@@ -166,6 +166,7 @@ pub trait DivergenceLog: Send + Sync {
     /// Every open divergence of `tenant` (all tenants when `None`).
     async fn list(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<Divergence>>;
 
-    /// Forgets a repaired divergence.
-    async fn resolve(&self, key: &RecordKey, target: Backend) -> StoreResult<()>;
+    /// Forgets a repaired divergence, unless it failed again after it was listed with
+    /// `failures` failures (then it stays, for the next reconcile).
+    async fn resolve(&self, key: &RecordKey, target: Backend, failures: i64) -> StoreResult<()>;
 }

@@ -8,7 +8,8 @@
 //! position and counts). A crash or `kill -9` therefore loses at most the page in
 //! flight, which the resumed run reads again; rows are versioned upserts keyed by
 //! `(tenant_id, id)`, so nothing is duplicated and nothing newer written by dual write
-//! is overwritten. Memory holds one page per segment, whatever the table's size.
+//! is overwritten. Memory holds two pages per segment (the one loading, the one read
+//! ahead), whatever the table's size.
 //!
 //! Tables load parents first (customers, assets, devices, policies, roles,
 //! assignments, partners). Inside a table, an item whose parent comes later in the scan
@@ -142,7 +143,14 @@ pub async fn run(stores: &Stores, args: &BackfillArgs) -> anyhow::Result<Summary
         (1..=10_000).contains(&args.page_size),
         "--page-size must be 1..=10000"
     );
-    anyhow::ensure!(args.rate >= 0.0, "--rate must be >= 0");
+    anyhow::ensure!(
+        args.rate >= 0.0 && args.rate.is_finite(),
+        "--rate must be a number >= 0"
+    );
+    anyhow::ensure!(
+        args.progress_interval.is_finite() && args.progress_interval > 0.0,
+        "--progress-interval must be a number of seconds > 0"
+    );
     let started = Instant::now();
     let run_id = args.run_id.as_str();
 
@@ -303,6 +311,7 @@ async fn replay_divergences(stores: &Stores, run_id: &str, scope: &Scope) -> any
                 .collect();
             let items = retry(|| stores.dynamo.batch_get(*entity, &keys)).await?;
             let present: HashSet<(String, String)> = items.iter().map(raw_key).collect();
+            // Not final: a child whose new parent is in a later chunk waits for it.
             retry(|| {
                 load_page(
                     stores,
@@ -312,7 +321,7 @@ async fn replay_divergences(stores: &Stores, run_id: &str, scope: &Scope) -> any
                     scope,
                     &items,
                     None,
-                    true,
+                    false,
                 )
             })
             .await?;
@@ -322,13 +331,20 @@ async fn replay_divergences(stores: &Stores, run_id: &str, scope: &Scope) -> any
                     // Deleted in DynamoDB: the copy that failed was the delete.
                     retry(|| stores.pg.remove(&d.key)).await?;
                 }
-                retry(|| stores.dynamo.resolve(&d.key, Backend::Postgres)).await?;
             }
             tracing::info!(
                 entity = entity.as_str(),
                 records = chunk.len(),
                 "replayed failed dual writes"
             );
+        }
+        if !mine.is_empty() {
+            let (throttle, live) = (Throttle::new(0.0), Live::default());
+            drain_deferred(stores, run_id, *entity, scope, 500, &throttle, &live).await?;
+        }
+        // Only now: every replayed record is loaded or quarantined with its reason.
+        for d in &mine {
+            retry(|| stores.dynamo.resolve(&d.key, Backend::Postgres, d.failures)).await?;
         }
     }
     Ok(())
@@ -751,6 +767,40 @@ async fn load_deferred(
     {
         return Ok(());
     }
+    drain_deferred(
+        stores,
+        run_id,
+        entity,
+        scope,
+        args.page_size,
+        throttle,
+        live,
+    )
+    .await?;
+    let mut conn = stores.pg.conn().await?;
+    diesel::sql_query(
+        "UPDATE backfill_checkpoints SET done = true, updated_at = now() \
+         WHERE run_id = $1 AND entity = $2 AND segment = $3",
+    )
+    .bind::<Text, _>(run_id)
+    .bind::<Text, _>(entity.as_str())
+    .bind::<Integer, _>(DEFERRED_PASS)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The rounds of [`load_deferred`]: load what waits in `backfill_deferred` until a
+/// round makes no progress, then quarantine the rest as orphans.
+async fn drain_deferred(
+    stores: &Stores,
+    run_id: &str,
+    entity: Entity,
+    scope: &Scope,
+    page_size: i32,
+    throttle: &Throttle,
+    live: &Live,
+) -> anyhow::Result<()> {
     let mut final_round = false;
     loop {
         let before = deferred_count(stores, run_id, entity).await?;
@@ -771,7 +821,7 @@ async fn load_deferred(
                 .bind::<Text, _>(entity.as_str())
                 .bind::<Text, _>(&after.0)
                 .bind::<Text, _>(&after.1)
-                .bind::<BigInt, _>(i64::from(args.page_size))
+                .bind::<BigInt, _>(i64::from(page_size))
                 .load(&mut *conn)
                 .await?
             };
@@ -816,16 +866,6 @@ async fn load_deferred(
             final_round = true;
         }
     }
-    let mut conn = stores.pg.conn().await?;
-    diesel::sql_query(
-        "UPDATE backfill_checkpoints SET done = true, updated_at = now() \
-         WHERE run_id = $1 AND entity = $2 AND segment = $3",
-    )
-    .bind::<Text, _>(run_id)
-    .bind::<Text, _>(entity.as_str())
-    .bind::<Integer, _>(DEFERRED_PASS)
-    .execute(&mut *conn)
-    .await?;
     Ok(())
 }
 

@@ -48,6 +48,7 @@ pub(super) async fn load_page(
         let mut clean = Vec::new();
         let mut resolved = Vec::new();
         let mut deferred = Vec::new();
+        let mut repairs: HashMap<ledger::LedgerKey, (Vec<String>, Vec<String>)> = HashMap::new();
         for ((key, item), p) in keyed.iter().zip(prepared) {
             match p {
                 Prepared::Ready {
@@ -58,8 +59,7 @@ pub(super) async fn load_page(
                     if fields.is_empty() {
                         clean.push(key.clone());
                     } else {
-                        ledger::repaired(conn, entity, key, &fields, &rules, &run_id).await?;
-                        out.repaired += 1;
+                        repairs.insert(key.clone(), (fields, rules));
                     }
                     resolved.push(key.clone());
                     ready.push((key.clone(), (*item).clone(), *record));
@@ -88,7 +88,7 @@ pub(super) async fn load_page(
         }
         // Everything in one statement; if PostgreSQL refuses one row, each row in
         // its own savepoint, quarantining the refused ones.
-        // Parents before children: the rows go out in several statements.
+        // Parents before children (the single-row fallback below writes them one by one).
         ready.sort_by_key(|(_, _, r)| r.depth());
         let records: Vec<Record> = ready.iter().map(|(_, _, r)| r.clone()).collect();
         let bulk = conn
@@ -102,11 +102,32 @@ pub(super) async fn load_page(
             Err(StoreError::Unavailable(m)) => return Err(StoreError::Unavailable(m)),
             Err(_) => {
                 let mut refused = HashSet::new();
-                for (key, item, record) in &ready {
-                    let one = std::slice::from_ref(record);
-                    let r = conn
-                        .transaction::<_, StoreError, _>(async |c| upsert_records(c, one).await)
-                        .await;
+                for (key, item, record) in ready.iter_mut() {
+                    let mut r = upsert_one(conn, record).await;
+                    // A code taken meanwhile by another segment's page (invisible to
+                    // the check before): the code-collision rule, as if seen then.
+                    if let Err(StoreError::AlreadyExists {
+                        reason: "CUSTOMER_CODE_EXISTS" | "ASSET_CODE_EXISTS",
+                        ..
+                    }) = r
+                    {
+                        let id = record.key().id;
+                        match record {
+                            Record::Customer(c) => c.code = recode(&c.code, id),
+                            Record::Asset(a) => a.code = recode(&a.code, id),
+                            _ => {}
+                        }
+                        let entry = repairs.entry(key.clone()).or_default();
+                        for (list, value) in
+                            [(&mut entry.0, "code"), (&mut entry.1, "code-collision")]
+                        {
+                            if !list.iter().any(|v| v == value) {
+                                list.push(value.to_owned());
+                            }
+                        }
+                        clean.retain(|k| k != key);
+                        r = upsert_one(conn, record).await;
+                    }
                     match r {
                         Ok(1) => out.loaded += 1,
                         Ok(_) => out.unchanged += 1,
@@ -130,6 +151,13 @@ pub(super) async fn load_page(
                 }
                 clean.retain(|k| !refused.contains(k));
                 ready.retain(|(k, _, _)| !refused.contains(k));
+            }
+        }
+        // Repairs of the rows that were written (or that PostgreSQL already had newer).
+        for (key, _, _) in &ready {
+            if let Some((fields, rules)) = repairs.get(key) {
+                ledger::repaired(conn, entity, key, fields, rules, &run_id).await?;
+                out.repaired += 1;
             }
         }
         forget_ledger(conn, entity, &clean, &ready).await?;
@@ -171,6 +199,14 @@ pub(super) async fn load_page(
         Ok(out)
     })
     .await
+}
+
+/// Upserts one record in its own savepoint (a refusal leaves the page's transaction
+/// usable).
+async fn upsert_one(conn: &mut AsyncPgConnection, record: &Record) -> StoreResult<usize> {
+    let one = std::slice::from_ref(record);
+    conn.transaction::<_, StoreError, _>(async |c| upsert_records(c, one).await)
+        .await
 }
 
 /// Why PostgreSQL refused a row, for the quarantine table.

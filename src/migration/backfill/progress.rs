@@ -49,7 +49,11 @@ impl Throttle {
             let now = Instant::now();
             // No credit for idle time beyond one second's worth.
             let start = (*next).max(now.checked_sub(Duration::from_secs(1)).unwrap_or(now));
-            *next = start + Duration::from_secs_f64(n as f64 / rate);
+            // At most an hour per batch, whatever rate was set (a tiny rate must not overflow).
+            *next = start
+                + Duration::try_from_secs_f64(n as f64 / rate)
+                    .unwrap_or(Duration::from_secs(3600))
+                    .min(Duration::from_secs(3600));
             start
         };
         tokio::time::sleep_until(at.into()).await;

@@ -209,18 +209,30 @@ impl DivergenceLog for DynamoStore {
         Ok(out)
     }
 
-    async fn resolve(&self, key: &RecordKey, target: Backend) -> StoreResult<()> {
-        self.client
+    async fn resolve(&self, key: &RecordKey, target: Backend, failures: i64) -> StoreResult<()> {
+        let deleted = self
+            .client
             .delete_item()
             .table_name(&self.tables.divergence)
             .set_key(Some(super::key(
                 key.tenant.as_str(),
                 &divergence_id(key, target),
             )))
+            .condition_expression("failures = :n")
+            .expression_attribute_values(":n", n(failures))
             .send()
-            .await
-            .map_err(sdk_error)?;
-        Ok(())
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            // Failed again since it was listed (or already gone): leave it.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk_error(e)),
+        }
     }
 }
 

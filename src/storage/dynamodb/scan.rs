@@ -167,7 +167,8 @@ pub fn record_from_item(entity: Entity, item: &Item) -> StoreResult<Record> {
     super::replica::record_from_item(entity, item)
 }
 
-/// The item in DynamoDB JSON (`{"name": {"S": "..."}}`), nothing lost.
+/// The item in DynamoDB JSON (`{"name": {"S": "..."}}`); binary attributes (which
+/// no legacy table has) are recorded by size only.
 pub fn item_json(item: &Item) -> Value {
     Value::Object(
         item.iter()

@@ -165,6 +165,14 @@ impl From<DieselError> for StoreError {
                         "database connection lost: {}",
                         info.message()
                     )),
+                    // Deadlock and lock timeout (no kind of their own in diesel): the
+                    // transaction can simply be run again.
+                    (_, _)
+                        if info.message().contains("deadlock detected")
+                            || info.message().contains("lock timeout") =>
+                    {
+                        StoreError::Unavailable(format!("{}; retry", info.message()))
+                    }
                     (_, _) => StoreError::Internal(info.message().to_owned().into()),
                 }
             }

@@ -473,14 +473,15 @@ impl DivergenceLog for PgStore {
             .collect())
     }
 
-    async fn resolve(&self, key: &RecordKey, target: Backend) -> StoreResult<()> {
+    async fn resolve(&self, key: &RecordKey, target: Backend, failures: i64) -> StoreResult<()> {
         let mut conn = self.conn().await?;
         diesel::delete(
             rd::table
                 .filter(rd::tenant_id.eq(key.tenant.as_str()))
                 .filter(rd::entity.eq(key.entity.as_str()))
                 .filter(rd::entity_id.eq(key.id.to_string()))
-                .filter(rd::target_store.eq(target.as_str())),
+                .filter(rd::target_store.eq(target.as_str()))
+                .filter(rd::failures.eq(failures)),
         )
         .execute(&mut conn)
         .await?;
