@@ -200,6 +200,65 @@ pub fn assignment(id: Uuid, role: &str, scope: &str, status: &str) -> Item {
     ])
 }
 
+/// A partner as legacy left it: approved, a NULL optional, one API key and one
+/// webhook with their hashes.
+pub fn partner(id: Uuid, email: &str) -> Item {
+    let hash = |c: char| s(&c.to_string().repeat(64));
+    let l = |v: &[&str]| AttributeValue::L(v.iter().map(|x| s(x)).collect());
+    item(&[
+        ("tenantId", s(T)),
+        ("id", s(&id.to_string())),
+        ("status", s("APPROVED")),
+        ("companyName", s(&format!("Company {email}"))),
+        ("companyWebsite", s("https://acme.example")),
+        ("companyDescription", s("We integrate things")),
+        ("industry", s("IoT")),
+        ("country", s("BR")),
+        ("contactName", s("Ana")),
+        ("contactEmail", s(email)),
+        ("contactPhone", AttributeValue::Null(true)),
+        ("technicalContactEmail", s("tech@acme.example")),
+        (
+            "apiKeys",
+            AttributeValue::L(vec![m(&[
+                ("id", s(&Uuid::new_v4().to_string())),
+                ("keyHash", s(&format!("{:0>64}", id.simple().to_string()))),
+                ("keyPrefix", s("gcdr_liv")),
+                ("name", s("prod")),
+                ("scopes", l(&["devices:read"])),
+                ("createdAt", s("2026-01-21T10:00:00Z")),
+                ("status", s("ACTIVE")),
+            ])]),
+        ),
+        ("oauthClients", AttributeValue::L(vec![])),
+        (
+            "webhooks",
+            AttributeValue::L(vec![m(&[
+                ("id", s(&Uuid::new_v4().to_string())),
+                ("url", s("https://acme.example/hook")),
+                ("events", l(&["device.created"])),
+                ("secretHash", hash('d')),
+                ("enabled", AttributeValue::Bool(true)),
+                ("createdAt", s("2026-01-21T12:00:00Z")),
+                ("updatedAt", s("2026-01-22T12:00:00Z")),
+                ("failureCount", n(0)),
+            ])]),
+        ),
+        ("scopes", l(&["devices:read"])),
+        ("rateLimitPerMinute", n(100)),
+        ("rateLimitPerDay", n(10000)),
+        ("monthlyQuota", n(100000)),
+        ("subscribedPackages", l(&[])),
+        ("publishedPackages", l(&[])),
+        ("approvedAt", s("2026-01-20T15:00:00Z")),
+        ("approvedBy", s("admin-1")),
+        ("version", n(5)),
+        ("createdAt", s("2026-01-19T08:00:00Z")),
+        ("updatedAt", s("2026-01-21T12:00:00Z")),
+        ("createdBy", s("system")),
+    ])
+}
+
 pub async fn put(stores: &Stores, table: &str, items: Vec<Item>) {
     for i in items {
         stores
@@ -334,6 +393,16 @@ async fn load_fixture(stores: &Stores) -> Fixture {
             // An inactive duplicate legacy kept.
             assignment(id(), "energy", &scope, "inactive"),
             assignment(id(), "no_such_role", &scope, "active"),
+        ],
+    )
+    .await;
+    // Two partners, the second with the first one's contact e-mail.
+    put(
+        stores,
+        &tables.partners,
+        vec![
+            partner(id(), "ana@acme.example"),
+            partner(id(), "ana@acme.example"),
         ],
     )
     .await;
@@ -495,6 +564,7 @@ async fn a_dirty_legacy_fixture_loads_with_repairs_and_quarantine_and_verifies_c
             ("customer", "undecodable"),
             ("device", "duplicate"),
             ("device", "orphan"),
+            ("partner", "duplicate"),
             ("role", "reference"),
             ("role_assignment", "reference"),
         ],

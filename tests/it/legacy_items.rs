@@ -1,18 +1,19 @@
-//! Hand-written legacy items (as the old Node code left them in DynamoDB) read and
-//! written through the gRPC API with DynamoDB authoritative: every field decodes, and
-//! an update keeps what this service does not model, writes no NULL and keeps the
-//! legacy formats.
+//! Hand-written legacy items of all seven entities (as the old Node code left them in
+//! DynamoDB) read and written through the gRPC API with DynamoDB authoritative: every
+//! field decodes, and an update keeps what this service does not model, writes no NULL
+//! and keeps the legacy formats.
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use gcdr_data::migration::Stores;
 use gcdr_data::pb;
+use gcdr_data::pb::partner_service_client::PartnerServiceClient;
 use gcdr_data::pb::policy_service_client::PolicyServiceClient;
 use gcdr_data::pb::role_assignment_service_client::RoleAssignmentServiceClient;
 use gcdr_data::pb::role_service_client::RoleServiceClient;
 use gcdr_data::storage::mode::StorageMode;
 use uuid::Uuid;
 
-use crate::backfill::{T, asset, assignment, customer, device, policy, put, role, s};
+use crate::backfill::{T, asset, assignment, customer, device, partner, policy, put, role, s};
 use crate::harness::req;
 use crate::storage_modes::ModeServer;
 
@@ -58,6 +59,22 @@ async fn legacy_items_of_every_entity_round_trip_through_the_api() {
         vec![assignment(g, "energy", &scope, "active")],
     )
     .await;
+
+    let pa = Uuid::new_v4();
+    put(
+        &stores,
+        &tables.partners,
+        vec![partner(pa, "ana@acme.example")],
+    )
+    .await;
+    let got = PartnerServiceClient::new(server.channel.clone())
+        .get_partner(req(T, pb::GetPartnerRequest { id: pa.to_string() }))
+        .await
+        .expect("legacy partner reads")
+        .into_inner();
+    assert_eq!(got.status, pb::PartnerStatus::Approved as i32);
+    assert_eq!(got.contact_phone, None, "a NULL optional reads as absent");
+    assert_eq!(got.scopes, vec!["devices:read".to_owned()]);
 
     let got = server
         .customers()
