@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::{DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, s};
+use super::{Claim, DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, n, s};
 use super::{bad_cursor, check_version, first_free_code};
 use crate::domain::customer::{
     Customer, CustomerFilter, CustomerPatch, CustomerType, NewCustomer, ParentFilter, customer_path,
@@ -187,6 +187,31 @@ impl DynamoStore {
     }
 }
 
+impl DynamoStore {
+    /// The claim of `code` in `tenant` by customer `owner`.
+    fn code_claim<'a>(&'a self, tenant: &'a TenantId, code: &'a str, owner: &'a str) -> Claim<'a> {
+        Claim {
+            table: &self.tables.unique,
+            tenant: tenant.as_str(),
+            what: "customer-code",
+            value: code,
+            owner,
+        }
+    }
+
+    /// Whether customer `owner` (still) exists with `code`.
+    async fn holds_code(&self, tenant: &TenantId, owner: &str, code: &str) -> StoreResult<bool> {
+        let Some(id) = CustomerId::parse(owner) else {
+            return Ok(false);
+        };
+        match self.find_customer(tenant, id).await {
+            Ok(c) => Ok(c.code == code),
+            Err(StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 #[async_trait]
 impl CustomerStore for DynamoStore {
     async fn create(&self, ctx: &Ctx, new: NewCustomer) -> StoreResult<Customer> {
@@ -207,72 +232,93 @@ impl CustomerStore for DynamoStore {
                 parent.as_ref().map(|p| (p.path.as_str(), p.depth)),
                 new.id,
             );
-            // Legacy never checked codes; uniqueness here is checked before the write,
-            // so two concurrent creates of one code can both succeed (PostgreSQL, when it
-            // is written too, refuses the second and the divergence is recorded).
-            let code = match &new.code {
-                Some(code) => {
-                    if !self
-                        .customer_ids_with_code(&ctx.tenant, code)
-                        .await?
-                        .is_empty()
-                    {
-                        return Err(code_taken());
+            // Codes are unique per tenant: checked through gsi-code (legacy items) and
+            // claimed in the unique-keys table in the same transaction as the put, so
+            // two concurrent creates of one code cannot both succeed.
+            let sid = new.id.to_string();
+            let mut lost: Vec<String> = Vec::new();
+            for _ in 0..8 {
+                let code = match &new.code {
+                    Some(code) => {
+                        if self
+                            .customer_ids_with_code(&ctx.tenant, code)
+                            .await?
+                            .iter()
+                            .any(|other| *other != sid)
+                        {
+                            return Err(code_taken());
+                        }
+                        code.clone()
                     }
-                    code.clone()
+                    None => {
+                        let base = generate_code(&new.name);
+                        let q = Query::index_prefix(
+                            &self.tables.customers,
+                            "gsi-code",
+                            ctx.tenant.as_str(),
+                            "code",
+                            &base,
+                        );
+                        let mut taken: Vec<String> = self
+                            .query(&q, usize::MAX)
+                            .await?
+                            .iter()
+                            .map(|i| ItemReader::new("customers", i).s("code"))
+                            .collect::<StoreResult<_>>()?;
+                        taken.extend(lost.iter().cloned());
+                        first_free_code(&base, &taken)
+                    }
+                };
+                let now = super::item::now();
+                let customer = Customer {
+                    tenant_id: ctx.tenant.clone(),
+                    id: new.id,
+                    parent_id: new.parent_id,
+                    path: path.clone(),
+                    depth,
+                    name: new.name.clone(),
+                    display_name: new.display_name.clone(),
+                    code: code.clone(),
+                    kind: new.kind,
+                    email: new.email.clone(),
+                    phone: new.phone.clone(),
+                    address: new.address.clone(),
+                    settings: new.settings.clone(),
+                    theme: None,
+                    metadata: new.metadata.clone(),
+                    status: EntityStatus::Active,
+                    version: 1,
+                    created_at: now,
+                    updated_at: now,
+                    created_by: ctx.actor.as_str().to_owned(),
+                    updated_by: None,
+                };
+                let claim = self.code_claim(&ctx.tenant, &code, &sid);
+                let put = super::assets::put_new_item(&self.tables.customers, to_item(&customer)?)?;
+                let Some(codes) = self.transact(vec![claim.take()?, put]).await? else {
+                    return Ok(customer);
+                };
+                if codes.get(1).is_some_and(|c| c == "ConditionalCheckFailed") {
+                    return Err(StoreError::AlreadyExists {
+                        reason: "CUSTOMER_EXISTS",
+                        field: "customer.id",
+                    });
                 }
-                None => {
-                    let base = generate_code(&new.name);
-                    let q = Query::index_prefix(
-                        &self.tables.customers,
-                        "gsi-code",
-                        ctx.tenant.as_str(),
-                        "code",
-                        &base,
-                    );
-                    let taken: Vec<String> = self
-                        .query(&q, usize::MAX)
-                        .await?
-                        .iter()
-                        .map(|i| ItemReader::new("customers", i).s("code"))
-                        .collect::<StoreResult<_>>()?;
-                    first_free_code(&base, &taken)
+                // Claimed by another customer: taken, unless that claim is stale.
+                if let Some(owner) = self.claim_owner(&claim).await? {
+                    if !self.holds_code(&ctx.tenant, &owner, &code).await? {
+                        self.drop_stale_claim(&claim, &owner).await?;
+                        continue;
+                    }
                 }
-            };
-            let now = super::item::now();
-            let customer = Customer {
-                tenant_id: ctx.tenant.clone(),
-                id: new.id,
-                parent_id: new.parent_id,
-                path,
-                depth,
-                name: new.name,
-                display_name: new.display_name,
-                code,
-                kind: new.kind,
-                email: new.email,
-                phone: new.phone,
-                address: new.address,
-                settings: new.settings,
-                theme: None,
-                metadata: new.metadata,
-                status: EntityStatus::Active,
-                version: 1,
-                created_at: now,
-                updated_at: now,
-                created_by: ctx.actor.as_str().to_owned(),
-                updated_by: None,
-            };
-            if !self
-                .put_new(&self.tables.customers, to_item(&customer)?)
-                .await?
-            {
-                return Err(StoreError::AlreadyExists {
-                    reason: "CUSTOMER_EXISTS",
-                    field: "customer.id",
-                });
+                if new.code.is_some() {
+                    return Err(code_taken());
+                }
+                lost.push(code);
             }
-            Ok(customer)
+            Err(StoreError::Unavailable(
+                "could not claim a customer code; retry".into(),
+            ))
         })
         .await
     }
@@ -317,18 +363,42 @@ impl CustomerStore for DynamoStore {
                 patch
                     .clone()
                     .apply(&mut customer, &ctx.actor, super::item::now());
-                if customer.code != old_code
-                    && self
-                        .customer_ids_with_code(&ctx.tenant, &customer.code)
-                        .await?
-                        .iter()
-                        .any(|other| *other != id.to_string())
+                let w = overwrite(&customer, Expect::Version(read_version))?;
+                if customer.code == old_code {
+                    if self.overwrite(&self.tables.customers, w).await? {
+                        return Ok(customer);
+                    }
+                    continue;
+                }
+                // A new code: checked, claimed, and the old one released, with the write.
+                let sid = id.to_string();
+                if self
+                    .customer_ids_with_code(&ctx.tenant, &customer.code)
+                    .await?
+                    .iter()
+                    .any(|other| *other != sid)
                 {
                     return Err(code_taken());
                 }
-                let w = overwrite(&customer, Expect::Version(read_version))?;
-                if self.overwrite(&self.tables.customers, w).await? {
+                let claim = self.code_claim(&ctx.tenant, &customer.code, &sid);
+                let old = self.code_claim(&ctx.tenant, &old_code, &sid);
+                let items = vec![
+                    claim.take()?,
+                    w.transact_item(&self.tables.customers)?,
+                    old.release()?,
+                ];
+                let Some(codes) = self.transact(items).await? else {
                     return Ok(customer);
+                };
+                if codes.first().is_some_and(|c| c == "ConditionalCheckFailed") {
+                    match self.claim_owner(&claim).await? {
+                        Some(owner)
+                            if !self.holds_code(&ctx.tenant, &owner, &customer.code).await? =>
+                        {
+                            self.drop_stale_claim(&claim, &owner).await?;
+                        }
+                        _ => return Err(code_taken()),
+                    }
                 }
             }
             Err(StoreError::Unavailable(
@@ -375,10 +445,23 @@ impl CustomerStore for DynamoStore {
                         message: "the customer has assets; move or delete them first".into(),
                     });
                 }
-                if self
-                    .delete_versioned(&self.tables.customers, t, &sid, customer.version)
-                    .await?
-                {
+                // The delete and the release of its code claim, together.
+                let delete = aws_sdk_dynamodb::types::Delete::builder()
+                    .table_name(&self.tables.customers)
+                    .set_key(Some(super::key(t, &sid)))
+                    .condition_expression("#ver = :v")
+                    .expression_attribute_names("#ver", "version")
+                    .expression_attribute_values(":v", n(customer.version))
+                    .build()
+                    .map_err(|e| StoreError::Internal(Box::new(e)))?;
+                let release = self.code_claim(tenant, &customer.code, &sid).release()?;
+                let items = vec![
+                    aws_sdk_dynamodb::types::TransactWriteItem::builder()
+                        .delete(delete)
+                        .build(),
+                    release,
+                ];
+                if self.transact(items).await?.is_none() {
                     return Ok(());
                 }
             }

@@ -335,6 +335,121 @@ impl HealthProbe for DynamoStore {
     }
 }
 
+/// A claim on a unique value: the item `(tenant, "<what>#<value>")` of the unique-keys
+/// table, owned by one record id. Written in the same TransactWriteItems as the record,
+/// it makes two concurrent writers of one value conflict (the check through the index
+/// beforehand still covers legacy items, which have no claim).
+struct Claim<'a> {
+    table: &'a str,
+    tenant: &'a str,
+    what: &'static str,
+    value: &'a str,
+    owner: &'a str,
+}
+
+impl Claim<'_> {
+    fn key(&self) -> Item {
+        key(self.tenant, &format!("{}#{}", self.what, self.value))
+    }
+
+    /// Takes the value (or keeps it, when `owner` already holds it).
+    fn take(&self) -> StoreResult<aws_sdk_dynamodb::types::TransactWriteItem> {
+        let mut item = self.key();
+        item.insert("owner".into(), s(self.owner));
+        let put = aws_sdk_dynamodb::types::Put::builder()
+            .table_name(self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(id) OR #owner = :owner")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":owner", s(self.owner))
+            .build()
+            .map_err(|e| StoreError::Internal(Box::new(e)))?;
+        Ok(aws_sdk_dynamodb::types::TransactWriteItem::builder()
+            .put(put)
+            .build())
+    }
+
+    /// Gives the value up (nothing to do when `owner` does not hold it).
+    fn release(&self) -> StoreResult<aws_sdk_dynamodb::types::TransactWriteItem> {
+        let delete = aws_sdk_dynamodb::types::Delete::builder()
+            .table_name(self.table)
+            .set_key(Some(self.key()))
+            .condition_expression("attribute_not_exists(id) OR #owner = :owner")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":owner", s(self.owner))
+            .build()
+            .map_err(|e| StoreError::Internal(Box::new(e)))?;
+        Ok(aws_sdk_dynamodb::types::TransactWriteItem::builder()
+            .delete(delete)
+            .build())
+    }
+}
+
+impl DynamoStore {
+    /// The owner of a claim, if any.
+    async fn claim_owner(&self, claim: &Claim<'_>) -> StoreResult<Option<String>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(claim.table)
+            .set_key(Some(claim.key()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        Ok(out
+            .item
+            .and_then(|i| i.get("owner").and_then(|o| o.as_s().ok()).cloned()))
+    }
+
+    /// Drops a claim whose owner no longer holds the value (a record deleted or
+    /// recoded by a path that does not claim, such as replication), if it is still
+    /// that owner's.
+    async fn drop_stale_claim(&self, claim: &Claim<'_>, stale_owner: &str) -> StoreResult<()> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(claim.table)
+            .set_key(Some(claim.key()))
+            .condition_expression("#owner = :owner")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":owner", s(stale_owner))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(sdk_error(e)),
+        }
+    }
+
+    /// Runs one TransactWriteItems; `Ok(None)` when it ran, `Ok(Some(codes))` with
+    /// the per-item cancellation codes when a condition failed.
+    async fn transact(
+        &self,
+        items: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
+    ) -> StoreResult<Option<Vec<String>>> {
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(None),
+            Err(e) => match cancellation_codes(&e) {
+                Some(codes) if codes.iter().any(|c| c == "ConditionalCheckFailed") => {
+                    Ok(Some(codes))
+                }
+                Some(_) => Err(StoreError::Unavailable(
+                    "a concurrent transaction or throttling cancelled the write; retry".into(),
+                )),
+                None => Err(sdk_error(e)),
+            },
+        }
+    }
+}
+
 /// The most items one TransactWriteItems may carry.
 const TRANSACTION_LIMIT: usize = 100;
 

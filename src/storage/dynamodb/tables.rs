@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::types::{
     ProjectionType, ScalarAttributeType, TableStatus,
 };
 
-/// The seven legacy table names, and the divergence table.
+/// The seven legacy table names, and this service's divergence and unique-key tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableNames {
     pub customers: String,
@@ -20,6 +20,10 @@ pub struct TableNames {
     /// Not a legacy table: this service's record of failed secondary writes while
     /// DynamoDB is authoritative (`gcdr-replication-divergence-<stage>`).
     pub divergence: String,
+    /// Not a legacy table: claims on unique values (customer codes), written in the
+    /// same transaction as the item, since DynamoDB cannot enforce uniqueness on an
+    /// attribute (`gcdr-unique-keys-<stage>`).
+    pub unique: String,
 }
 
 /// One table's environment override, legacy file name, and GSIs
@@ -30,7 +34,7 @@ struct TableDef {
     indexes: &'static [(&'static str, &'static str, bool)],
 }
 
-const DEFS: [TableDef; 8] = [
+const DEFS: [TableDef; 9] = [
     TableDef {
         env: "CUSTOMERS_TABLE",
         entity: "customers",
@@ -86,6 +90,11 @@ const DEFS: [TableDef; 8] = [
         entity: "replication-divergence",
         indexes: &[],
     },
+    TableDef {
+        env: "UNIQUE_KEYS_TABLE",
+        entity: "unique-keys",
+        indexes: &[],
+    },
 ];
 
 impl TableNames {
@@ -104,11 +113,12 @@ impl TableNames {
             policies: name(5),
             role_assignments: name(6),
             divergence: name(7),
+            unique: name(8),
         }
     }
 
     /// The names in definition order.
-    pub fn all(&self) -> [&str; 8] {
+    pub fn all(&self) -> [&str; 9] {
         [
             &self.customers,
             &self.assets,
@@ -118,6 +128,7 @@ impl TableNames {
             &self.policies,
             &self.role_assignments,
             &self.divergence,
+            &self.unique,
         ]
     }
 }
