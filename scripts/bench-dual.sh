@@ -7,7 +7,9 @@
 #
 #   bash scripts/bench-dual.sh                     # 15 s per measurement, 100 calls/s
 #   SECONDS_PER_RUN=30 RATE=200 bash scripts/bench-dual.sh
-#   EMULATOR=dynalite bash scripts/bench-dual.sh   # the faster emulator (npm, no transactions)
+#   EMULATOR=dynalite MODES="postgres dual_postgres_primary" bash scripts/bench-dual.sh
+#       # the faster emulator (npm); it has no TransactWriteItems, which a DynamoDB-primary
+#       # create needs (the customer-code claim), so only the PostgreSQL-primary modes
 #   MODES="postgres dual_postgres_primary" bash scripts/bench-dual.sh
 #
 # The default emulator is moto (~500 PutItem/s here, and its index queries scan the
