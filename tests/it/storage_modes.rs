@@ -742,3 +742,68 @@ async fn dynamodb_customer_codes_stay_unique_under_concurrent_creates() {
             .is_empty()
     );
 }
+
+/// DynamoDB authoritative: of concurrent creates of one serial number exactly one wins
+/// (claimed with the item); deleting the device frees the serial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_device_serials_stay_unique_under_concurrent_creates() {
+    let s = ModeServer::start(StorageMode::Dynamodb).await;
+    let owner = s
+        .customers()
+        .create_customer(req(
+            "tenant-a",
+            pb::CreateCustomerRequest {
+                customer: Some(pb::Customer {
+                    name: "Holding".into(),
+                    r#type: pb::CustomerType::Holding as i32,
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (asset, _) = building_with_meter(&s, "tenant-a", &owner.id).await;
+    let create = |name: String| {
+        let mut devices = s.devices();
+        let asset_id = asset.id.clone();
+        async move {
+            devices
+                .create_device(req(
+                    "tenant-a",
+                    pb::CreateDeviceRequest {
+                        device: Some(pb::Device {
+                            asset_id,
+                            name,
+                            r#type: pb::DeviceType::Sensor as i32,
+                            serial_number: "SN-CLAIMED".into(),
+                            ..Default::default()
+                        }),
+                    },
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let made = futures::future::join_all((0..4).map(|i| create(format!("Sensor {i}")))).await;
+    let winners: Vec<_> = made.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "{made:?}");
+    for r in &made {
+        if let Err(e) = r {
+            assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+        }
+    }
+    s.devices()
+        .delete_device(req(
+            "tenant-a",
+            pb::DeleteDeviceRequest {
+                id: winners[0].id.clone(),
+                expected_version: None,
+            },
+        ))
+        .await
+        .expect("delete");
+    create("Replacement".into())
+        .await
+        .expect("the serial is free again after the delete");
+}

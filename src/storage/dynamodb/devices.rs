@@ -237,6 +237,39 @@ impl DynamoStore {
         Ok(found)
     }
 
+    /// The claim of `serial` in `tenant` by device `owner`.
+    fn serial_claim<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        serial: &'a str,
+        owner: &'a str,
+    ) -> super::Claim<'a> {
+        super::Claim {
+            table: &self.tables.unique,
+            tenant: tenant.as_str(),
+            what: "device-serial",
+            value: serial,
+            owner,
+        }
+    }
+
+    /// Whether device `owner` (still) exists with `serial`.
+    async fn holds_serial(
+        &self,
+        tenant: &TenantId,
+        owner: &str,
+        serial: &str,
+    ) -> StoreResult<bool> {
+        let Some(id) = DeviceId::parse(owner) else {
+            return Ok(false);
+        };
+        match self.find_device(tenant, id).await {
+            Ok(d) => Ok(d.serial_number == serial),
+            Err(StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Read, change, write conditional on the version read; retried when another
     /// write got in between.
     async fn change_device(
@@ -271,11 +304,10 @@ impl DeviceStore for DynamoStore {
                     .find_asset(&ctx.tenant, new.asset_id)
                     .await
                     .map_err(not_found_as("asset"))?;
-                // Legacy checked serials through the eventually consistent KEYS_ONLY
-                // index, with no conditional put; so does this (re-reading each hit),
-                // so two concurrent creates of one serial can both succeed (PostgreSQL,
-                // when it is written too, refuses the second and the divergence is
-                // recorded).
+                // Serials are unique per tenant: checked through gsi-serial (legacy
+                // items, re-reading each hit) and claimed in the unique-keys table in
+                // the same transaction as the put, so two concurrent creates of one
+                // serial cannot both succeed.
                 if !self
                     .devices_with_serial(&ctx.tenant, &new.serial_number)
                     .await?
@@ -313,9 +345,12 @@ impl DeviceStore for DynamoStore {
                     created_by: ctx.actor.as_str().to_owned(),
                     updated_by: None,
                 };
+                let sid = device.id.to_string();
+                let claim = self.serial_claim(&ctx.tenant, &device.serial_number, &sid);
                 let items = vec![
                     asset_customer_check(self, &ctx.tenant, asset.id, asset.customer_id)?,
                     put_new_item(&self.tables.devices, to_item(&device)?)?,
+                    claim.take()?,
                 ];
                 match self.transact_once(items).await? {
                     None => return Ok(device),
@@ -325,6 +360,18 @@ impl DeviceStore for DynamoStore {
                             field: "device.id",
                         });
                     }
+                    // Claimed by another device: taken, unless that claim is stale.
+                    Some(2) => match self.claim_owner(&claim).await? {
+                        Some(owner)
+                            if !self
+                                .holds_serial(&ctx.tenant, &owner, &device.serial_number)
+                                .await? =>
+                        {
+                            self.drop_stale_claim(&claim, &owner).await?;
+                        }
+                        Some(_) => return Err(serial_taken()),
+                        None => {}
+                    },
                     // The asset moved or went away: read it again.
                     Some(_) => {}
                 }
@@ -376,15 +423,24 @@ impl DeviceStore for DynamoStore {
             for _ in 0..ATTEMPTS {
                 let device = self.find_device(tenant, id).await?;
                 check_version(expected, device.version)?;
-                if self
-                    .delete_versioned(
-                        &self.tables.devices,
-                        tenant.as_str(),
-                        &id.to_string(),
-                        device.version,
-                    )
-                    .await?
-                {
+                // The delete and the release of its serial claim, together.
+                let sid = id.to_string();
+                let delete = aws_sdk_dynamodb::types::Delete::builder()
+                    .table_name(&self.tables.devices)
+                    .set_key(Some(super::key(tenant.as_str(), &sid)))
+                    .condition_expression("#ver = :v")
+                    .expression_attribute_names("#ver", "version")
+                    .expression_attribute_values(":v", super::n(device.version))
+                    .build()
+                    .map_err(|e| StoreError::Internal(Box::new(e)))?;
+                let items = vec![
+                    aws_sdk_dynamodb::types::TransactWriteItem::builder()
+                        .delete(delete)
+                        .build(),
+                    self.serial_claim(tenant, &device.serial_number, &sid)
+                        .release()?,
+                ];
+                if self.transact(items).await?.is_none() {
                     return Ok(());
                 }
             }

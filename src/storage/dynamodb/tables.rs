@@ -20,7 +20,8 @@ pub struct TableNames {
     /// Not a legacy table: this service's record of failed secondary writes while
     /// DynamoDB is authoritative (`gcdr-replication-divergence-<stage>`).
     pub divergence: String,
-    /// Not a legacy table: claims on unique values (customer codes), written in the
+    /// Not a legacy table: claims on unique values (customer codes, device serial
+    /// numbers), written in the
     /// same transaction as the item, since DynamoDB cannot enforce uniqueness on an
     /// attribute (`gcdr-unique-keys-<stage>`).
     pub unique: String,
