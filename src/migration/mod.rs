@@ -87,18 +87,28 @@ impl Scope {
     }
 }
 
-/// An entity by its name or its legacy table word.
+/// The table of an entity: the PostgreSQL table, and the word `--tables` takes.
+pub fn table_name(e: Entity) -> &'static str {
+    match e {
+        Entity::Customer => "customers",
+        Entity::Asset => "assets",
+        Entity::Device => "devices",
+        Entity::Policy => "policies",
+        Entity::Role => "roles",
+        Entity::Assignment => "role_assignments",
+        Entity::Partner => "partners",
+    }
+}
+
+/// An entity by its name or its table (see [`table_name`]; also `role-assignments`,
+/// `assignments`).
 pub fn parse_entity(s: &str) -> Option<Entity> {
-    Entity::parse(s).or(match s {
-        "customers" => Some(Entity::Customer),
-        "assets" => Some(Entity::Asset),
-        "devices" => Some(Entity::Device),
-        "policies" => Some(Entity::Policy),
-        "roles" => Some(Entity::Role),
-        "role_assignments" | "role-assignments" | "assignments" => Some(Entity::Assignment),
-        "partners" => Some(Entity::Partner),
-        _ => None,
-    })
+    Entity::parse(s)
+        .or_else(|| Entity::ALL.into_iter().find(|e| table_name(*e) == s))
+        .or(match s {
+            "role-assignments" | "assignments" => Some(Entity::Assignment),
+            _ => None,
+        })
 }
 
 /// Load order: customers, assets, devices (each needs the one before), policies,

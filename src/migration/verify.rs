@@ -538,7 +538,7 @@ impl TableRun<'_> {
             #[diesel(sql_type = Text)]
             id: String,
         }
-        let table = pg_table(self.entity);
+        let table = super::table_name(self.entity);
         let tenants = &self.scope.tenants;
         let tenant_filter = if tenants.is_empty() {
             ""
@@ -652,19 +652,6 @@ impl TableRun<'_> {
             pending = next;
         }
         Ok((mismatches, state))
-    }
-}
-
-/// The PostgreSQL table of `entity`.
-pub fn pg_table(entity: Entity) -> &'static str {
-    match entity {
-        Entity::Customer => "customers",
-        Entity::Asset => "assets",
-        Entity::Device => "devices",
-        Entity::Policy => "policies",
-        Entity::Role => "roles",
-        Entity::Assignment => "role_assignments",
-        Entity::Partner => "partners",
     }
 }
 

@@ -46,7 +46,7 @@ use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, T
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::{Scope, Stores, ledger};
+use super::{Scope, Stores, ledger, table_name};
 use crate::domain::{AssetId, CustomerId};
 use crate::storage::dynamodb::{Item, ScanKey, item_json, record_from_item};
 use crate::storage::postgres::upsert_records;
@@ -272,7 +272,7 @@ async fn run_locked(
     let mut tables = Vec::new();
     for e in &scope.entities {
         tables.push((
-            table_word(*e).to_owned(),
+            table_name(*e).to_owned(),
             counts_of(stores, run_id, *e).await?,
         ));
     }
@@ -399,7 +399,7 @@ pub async fn status(stores: &Stores, run_id: &str) -> anyhow::Result<()> {
     for name in &info.entities {
         if let Some(e) = Entity::parse(name) {
             tables.push((
-                table_word(e).to_owned(),
+                table_name(e).to_owned(),
                 counts_of(stores, run_id, e).await?,
             ));
         }
@@ -414,19 +414,6 @@ pub async fn status(stores: &Stores, run_id: &str) -> anyhow::Result<()> {
         println!("quarantined {entity}: {n} x {reason}");
     }
     Ok(())
-}
-
-/// The legacy table word of an entity (as `--tables` takes it).
-pub fn table_word(e: Entity) -> &'static str {
-    match e {
-        Entity::Customer => "customers",
-        Entity::Asset => "assets",
-        Entity::Device => "devices",
-        Entity::Policy => "policies",
-        Entity::Role => "roles",
-        Entity::Assignment => "role_assignments",
-        Entity::Partner => "partners",
-    }
 }
 
 #[derive(diesel::QueryableByName)]
@@ -594,7 +581,7 @@ async fn load_table(
     // A table loaded from empty has planner statistics of an empty table, and the
     // foreign-key checks' cached plans (a sequential scan) get slower with every page:
     // re-analyze it while it grows (and once at the end, for the service's sake).
-    let table = super::verify::pg_table(entity);
+    let table = table_name(entity);
     let analyzer = {
         let pg = stores.pg.clone();
         tokio::spawn(async move {
@@ -612,11 +599,11 @@ async fn load_table(
         .map(|segment| scan_segment(stores, run_id, entity, segment, scope, args, throttle, live));
     let scanned = futures::future::try_join_all(segments)
         .await
-        .with_context(|| format!("backfill of {}", table_word(entity)));
+        .with_context(|| format!("backfill of {}", table_name(entity)));
     let result = match scanned {
         Ok(_) => load_deferred(stores, run_id, entity, scope, args, throttle, live)
             .await
-            .with_context(|| format!("deferred items of {}", table_word(entity))),
+            .with_context(|| format!("deferred items of {}", table_name(entity))),
         Err(e) => Err(e),
     };
     analyzer.abort();
@@ -676,7 +663,7 @@ async fn scan_segment(
             )
         })
         .await
-        .with_context(|| format!("scan of {} segment {segment}", table_word(entity)))
+        .with_context(|| format!("scan of {} segment {segment}", table_name(entity)))
     };
     let mut page = scan(position).await?;
     loop {
@@ -698,7 +685,7 @@ async fn scan_segment(
                 )
             })
             .await
-            .with_context(|| format!("load of a {} page", table_word(entity)))
+            .with_context(|| format!("load of a {} page", table_name(entity)))
         };
         let fetch = async {
             match &next {

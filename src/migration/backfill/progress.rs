@@ -159,7 +159,7 @@ pub(super) fn progress_line(entity: Entity, l: &Live, style: ProgressStyle) -> S
         atomic_get(&l.loaded),
         atomic_get(&l.quarantined),
     );
-    let name = table_word(entity);
+    let name = table_name(entity);
     if style == ProgressStyle::Bars {
         let width = 30;
         let filled = ((frac * width as f64) as usize).min(width);

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::{Claim, DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, n, s};
+use super::{Claim, DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, s};
 use super::{bad_cursor, check_version, first_free_code};
 use crate::domain::customer::{
     Customer, CustomerFilter, CustomerPatch, CustomerType, NewCustomer, ParentFilter, customer_path,
@@ -190,25 +190,8 @@ impl DynamoStore {
 impl DynamoStore {
     /// The claim of `code` in `tenant` by customer `owner`.
     fn code_claim<'a>(&'a self, tenant: &'a TenantId, code: &'a str, owner: &'a str) -> Claim<'a> {
-        Claim {
-            table: &self.tables.unique,
-            tenant: tenant.as_str(),
-            what: "customer-code",
-            value: code,
-            owner,
-        }
-    }
-
-    /// Whether customer `owner` (still) exists with `code`.
-    async fn holds_code(&self, tenant: &TenantId, owner: &str, code: &str) -> StoreResult<bool> {
-        let Some(id) = CustomerId::parse(owner) else {
-            return Ok(false);
-        };
-        match self.find_customer(tenant, id).await {
-            Ok(c) => Ok(c.code == code),
-            Err(StoreError::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
+        let guarded = ("customer-code", self.tables.customers.as_str(), "code");
+        Claim::new(&self.tables, tenant.as_str(), guarded, code, owner)
     }
 }
 
@@ -304,12 +287,9 @@ impl CustomerStore for DynamoStore {
                         field: "customer.id",
                     });
                 }
-                // Claimed by another customer: taken, unless that claim is stale.
-                if let Some(owner) = self.claim_owner(&claim).await? {
-                    if !self.holds_code(&ctx.tenant, &owner, &code).await? {
-                        self.drop_stale_claim(&claim, &owner).await?;
-                        continue;
-                    }
+                // Claimed by another customer: taken, unless that claim was stale.
+                if !self.claim_taken(&claim).await? {
+                    continue;
                 }
                 if new.code.is_some() {
                     return Err(code_taken());
@@ -390,15 +370,10 @@ impl CustomerStore for DynamoStore {
                 let Some(codes) = self.transact(items).await? else {
                     return Ok(customer);
                 };
-                if codes.first().is_some_and(|c| c == "ConditionalCheckFailed") {
-                    match self.claim_owner(&claim).await? {
-                        Some(owner)
-                            if !self.holds_code(&ctx.tenant, &owner, &customer.code).await? =>
-                        {
-                            self.drop_stale_claim(&claim, &owner).await?;
-                        }
-                        _ => return Err(code_taken()),
-                    }
+                if codes.first().is_some_and(|c| c == "ConditionalCheckFailed")
+                    && self.claim_taken(&claim).await?
+                {
+                    return Err(code_taken());
                 }
             }
             Err(StoreError::Unavailable(
@@ -446,20 +421,9 @@ impl CustomerStore for DynamoStore {
                     });
                 }
                 // The delete and the release of its code claim, together.
-                let delete = aws_sdk_dynamodb::types::Delete::builder()
-                    .table_name(&self.tables.customers)
-                    .set_key(Some(super::key(t, &sid)))
-                    .condition_expression("#ver = :v")
-                    .expression_attribute_names("#ver", "version")
-                    .expression_attribute_values(":v", n(customer.version))
-                    .build()
-                    .map_err(|e| StoreError::Internal(Box::new(e)))?;
-                let release = self.code_claim(tenant, &customer.code, &sid).release()?;
                 let items = vec![
-                    aws_sdk_dynamodb::types::TransactWriteItem::builder()
-                        .delete(delete)
-                        .build(),
-                    release,
+                    Self::delete_versioned_item(&self.tables.customers, t, &sid, customer.version)?,
+                    self.code_claim(tenant, &customer.code, &sid).release()?,
                 ];
                 if self.transact(items).await?.is_none() {
                     return Ok(());

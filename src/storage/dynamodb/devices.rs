@@ -244,30 +244,12 @@ impl DynamoStore {
         serial: &'a str,
         owner: &'a str,
     ) -> super::Claim<'a> {
-        super::Claim {
-            table: &self.tables.unique,
-            tenant: tenant.as_str(),
-            what: "device-serial",
-            value: serial,
-            owner,
-        }
-    }
-
-    /// Whether device `owner` (still) exists with `serial`.
-    async fn holds_serial(
-        &self,
-        tenant: &TenantId,
-        owner: &str,
-        serial: &str,
-    ) -> StoreResult<bool> {
-        let Some(id) = DeviceId::parse(owner) else {
-            return Ok(false);
-        };
-        match self.find_device(tenant, id).await {
-            Ok(d) => Ok(d.serial_number == serial),
-            Err(StoreError::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
+        let guarded = (
+            "device-serial",
+            self.tables.devices.as_str(),
+            "serialNumber",
+        );
+        super::Claim::new(&self.tables, tenant.as_str(), guarded, serial, owner)
     }
 
     /// Read, change, write conditional on the version read; retried when another
@@ -360,18 +342,8 @@ impl DeviceStore for DynamoStore {
                             field: "device.id",
                         });
                     }
-                    // Claimed by another device: taken, unless that claim is stale.
-                    Some(2) => match self.claim_owner(&claim).await? {
-                        Some(owner)
-                            if !self
-                                .holds_serial(&ctx.tenant, &owner, &device.serial_number)
-                                .await? =>
-                        {
-                            self.drop_stale_claim(&claim, &owner).await?;
-                        }
-                        Some(_) => return Err(serial_taken()),
-                        None => {}
-                    },
+                    // Claimed by another device: taken, unless that claim was stale.
+                    Some(2) if self.claim_taken(&claim).await? => return Err(serial_taken()),
                     // The asset moved or went away: read it again.
                     Some(_) => {}
                 }
@@ -425,18 +397,13 @@ impl DeviceStore for DynamoStore {
                 check_version(expected, device.version)?;
                 // The delete and the release of its serial claim, together.
                 let sid = id.to_string();
-                let delete = aws_sdk_dynamodb::types::Delete::builder()
-                    .table_name(&self.tables.devices)
-                    .set_key(Some(super::key(tenant.as_str(), &sid)))
-                    .condition_expression("#ver = :v")
-                    .expression_attribute_names("#ver", "version")
-                    .expression_attribute_values(":v", super::n(device.version))
-                    .build()
-                    .map_err(|e| StoreError::Internal(Box::new(e)))?;
                 let items = vec![
-                    aws_sdk_dynamodb::types::TransactWriteItem::builder()
-                        .delete(delete)
-                        .build(),
+                    Self::delete_versioned_item(
+                        &self.tables.devices,
+                        tenant.as_str(),
+                        &sid,
+                        device.version,
+                    )?,
                     self.serial_claim(tenant, &device.serial_number, &sid)
                         .release()?,
                 ];

@@ -345,9 +345,32 @@ struct Claim<'a> {
     what: &'static str,
     value: &'a str,
     owner: &'a str,
+    /// The table of the records holding the value, and the attribute holding it.
+    records: &'a str,
+    attr: &'static str,
 }
 
-impl Claim<'_> {
+impl<'a> Claim<'a> {
+    /// The claim of `value` (`what`, held in `attr` of the `records` table) in
+    /// `tenant` by record `owner`.
+    fn new(
+        tables: &'a TableNames,
+        tenant: &'a str,
+        (what, records, attr): (&'static str, &'a str, &'static str),
+        value: &'a str,
+        owner: &'a str,
+    ) -> Self {
+        Self {
+            table: &tables.unique,
+            tenant,
+            what,
+            value,
+            owner,
+            records,
+            attr,
+        }
+    }
+
     fn key(&self) -> Item {
         key(self.tenant, &format!("{}#{}", self.what, self.value))
     }
@@ -386,8 +409,11 @@ impl Claim<'_> {
 }
 
 impl DynamoStore {
-    /// The owner of a claim, if any.
-    async fn claim_owner(&self, claim: &Claim<'_>) -> StoreResult<Option<String>> {
+    /// Whether another record holds the value of `claim`. A claim whose owner no
+    /// longer holds the value (deleted or changed by a path that does not claim, such
+    /// as replication) is stale: it is dropped, if still that owner's, and the value
+    /// counts as free.
+    async fn claim_taken(&self, claim: &Claim<'_>) -> StoreResult<bool> {
         let out = self
             .client
             .get_item()
@@ -397,15 +423,19 @@ impl DynamoStore {
             .send()
             .await
             .map_err(sdk_error)?;
-        Ok(out
+        let Some(owner) = out
             .item
-            .and_then(|i| i.get("owner").and_then(|o| o.as_s().ok()).cloned()))
-    }
-
-    /// Drops a claim whose owner no longer holds the value (a record deleted or
-    /// recoded by a path that does not claim, such as replication), if it is still
-    /// that owner's.
-    async fn drop_stale_claim(&self, claim: &Claim<'_>, stale_owner: &str) -> StoreResult<()> {
+            .and_then(|i| i.get("owner").and_then(|o| o.as_s().ok()).cloned())
+        else {
+            return Ok(false);
+        };
+        let held = self
+            .get_item(claim.records, claim.tenant, &owner)
+            .await?
+            .and_then(|i| i.get(claim.attr).and_then(|v| v.as_s().ok()).cloned());
+        if held.as_deref() == Some(claim.value) {
+            return Ok(true);
+        }
         let result = self
             .client
             .delete_item()
@@ -413,12 +443,12 @@ impl DynamoStore {
             .set_key(Some(claim.key()))
             .condition_expression("#owner = :owner")
             .expression_attribute_names("#owner", "owner")
-            .expression_attribute_values(":owner", s(stale_owner))
+            .expression_attribute_values(":owner", s(owner))
             .send()
             .await;
         match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => Ok(()),
+            Ok(_) => Ok(false),
+            Err(e) if is_condition_failure(&e) => Ok(false),
             Err(e) => Err(sdk_error(e)),
         }
     }
@@ -584,6 +614,27 @@ impl DynamoStore {
             Err(e) if is_condition_failure(&e) => Ok(false),
             Err(e) => Err(sdk_error(e)),
         }
+    }
+
+    /// The delete of an item if its version is `version`, as one item of a
+    /// TransactWriteItems (with the release of its claims).
+    fn delete_versioned_item(
+        table: &str,
+        tenant: &str,
+        id: &str,
+        version: i64,
+    ) -> StoreResult<aws_sdk_dynamodb::types::TransactWriteItem> {
+        let delete = aws_sdk_dynamodb::types::Delete::builder()
+            .table_name(table)
+            .set_key(Some(key(tenant, id)))
+            .condition_expression("#ver = :v")
+            .expression_attribute_names("#ver", "version")
+            .expression_attribute_values(":v", n(version))
+            .build()
+            .map_err(|e| StoreError::Internal(Box::new(e)))?;
+        Ok(aws_sdk_dynamodb::types::TransactWriteItem::builder()
+            .delete(delete)
+            .build())
     }
 
     /// Deletes an item if its version is `version`; `Ok(false)` when it changed.
