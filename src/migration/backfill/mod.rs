@@ -340,7 +340,7 @@ async fn replay_divergences(stores: &Stores, run_id: &str, scope: &Scope) -> any
         }
         if !mine.is_empty() {
             let (throttle, live) = (Throttle::new(0.0), Live::default());
-            drain_deferred(stores, run_id, *entity, scope, 500, &throttle, &live).await?;
+            drain_deferred(stores, run_id, *entity, scope, 500, 4, &throttle, &live).await?;
         }
         // Only now: every replayed record is loaded or quarantined with its reason.
         for d in &mine {
@@ -578,35 +578,50 @@ async fn load_table(
             .await?;
         }
     }
-    // A table loaded from empty has planner statistics of an empty table, and the
-    // foreign-key checks' cached plans (a sequential scan) get slower with every page:
-    // re-analyze it while it grows (and once at the end, for the service's sake).
+    // A table loaded from empty has the planner statistics of an empty table, and
+    // the foreign-key checks plan once per connection from them: the self-reference
+    // of assets and customers was planned as a scan of the tenant's whole path index,
+    // so 1,000-row pages went from 25 ms to 660 ms as the table grew. ANALYZE as soon
+    // as the first page is in (each ANALYZE invalidates the cached plans; with real
+    // statistics the checks probe the unique index, whatever the size), again each
+    // time the table has grown fourfold, and once at the end for the service. Only
+    // the tables that reference themselves need it while they load: the others'
+    // foreign keys point at tables already loaded and analyzed.
     let table = table_name(entity);
-    let analyzer = {
-        let pg = stores.pg.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                if let Ok(mut conn) = pg.conn().await {
+    let self_referencing = matches!(entity, Entity::Customer | Entity::Asset);
+    let loading = std::sync::atomic::AtomicBool::new(self_referencing);
+    let analyze = async {
+        let mut analyzed_at = 0;
+        while std::sync::atomic::AtomicBool::load(&loading, Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let loaded = AtomicI64::load(&live.loaded, Ordering::Relaxed);
+            if loaded > 0 && loaded >= 4 * analyzed_at {
+                analyzed_at = loaded;
+                if let Ok(mut conn) = stores.pg.conn().await {
                     let _ = diesel::sql_query(format!("ANALYZE {table}"))
                         .execute(&mut *conn)
                         .await;
                 }
             }
-        })
+        }
     };
-    let segments = (0..args.segments)
-        .map(|segment| scan_segment(stores, run_id, entity, segment, scope, args, throttle, live));
-    let scanned = futures::future::try_join_all(segments)
-        .await
-        .with_context(|| format!("backfill of {}", table_name(entity)));
-    let result = match scanned {
-        Ok(_) => load_deferred(stores, run_id, entity, scope, args, throttle, live)
+    let load = async {
+        let segments = (0..args.segments).map(|segment| {
+            scan_segment(stores, run_id, entity, segment, scope, args, throttle, live)
+        });
+        let scanned = futures::future::try_join_all(segments)
             .await
-            .with_context(|| format!("deferred items of {}", table_name(entity))),
-        Err(e) => Err(e),
+            .with_context(|| format!("backfill of {table}"));
+        let result = match scanned {
+            Ok(_) => load_deferred(stores, run_id, entity, scope, args, throttle, live)
+                .await
+                .with_context(|| format!("deferred items of {table}")),
+            Err(e) => Err(e),
+        };
+        loading.store(false, Ordering::Relaxed);
+        result
     };
-    analyzer.abort();
+    let (result, ()) = tokio::join!(load, analyze);
     let mut conn = stores.pg.conn().await?;
     diesel::sql_query(format!("ANALYZE {table}"))
         .execute(&mut *conn)
@@ -760,6 +775,7 @@ async fn load_deferred(
         entity,
         scope,
         args.page_size,
+        args.segments,
         throttle,
         live,
     )
@@ -778,13 +794,17 @@ async fn load_deferred(
 }
 
 /// The rounds of [`load_deferred`]: load what waits in `backfill_deferred` until a
-/// round makes no progress, then quarantine the rest as orphans.
+/// round makes no progress, then quarantine the rest as orphans. Each round splits the
+/// keys over `workers` concurrent workers (by a hash of the id); a child whose parent
+/// another worker loads in the same round simply waits for the next round.
+#[allow(clippy::too_many_arguments)]
 async fn drain_deferred(
     stores: &Stores,
     run_id: &str,
     entity: Entity,
     scope: &Scope,
     page_size: i32,
+    workers: i32,
     throttle: &Throttle,
     live: &Live,
 ) -> anyhow::Result<()> {
@@ -794,57 +814,16 @@ async fn drain_deferred(
         if before == 0 {
             break;
         }
-        // Page through the deferred keys in key order.
-        let mut after = (String::new(), String::new());
-        loop {
-            let rows: Vec<DeferredRow> = {
-                let mut conn = stores.pg.conn().await?;
-                diesel::sql_query(
-                    "SELECT tenant_id, id FROM backfill_deferred \
-                     WHERE run_id = $1 AND entity = $2 AND (tenant_id, id) > ($3, $4) \
-                     ORDER BY tenant_id, id LIMIT $5",
-                )
-                .bind::<Text, _>(run_id)
-                .bind::<Text, _>(entity.as_str())
-                .bind::<Text, _>(&after.0)
-                .bind::<Text, _>(&after.1)
-                .bind::<BigInt, _>(i64::from(page_size))
-                .load(&mut *conn)
-                .await?
+        let slices = (0..workers.max(1)).map(|worker| {
+            let slice = Slice {
+                worker,
+                workers: workers.max(1),
+                page_size,
+                final_round,
             };
-            let Some(last) = rows.last() else { break };
-            after = (last.tenant_id.clone(), last.id.clone());
-            let keys: Vec<(String, String)> = rows
-                .iter()
-                .map(|r| (r.tenant_id.clone(), r.id.clone()))
-                .collect();
-            let items = retry(|| stores.dynamo.batch_get(entity, &keys)).await?;
-            // Deleted from DynamoDB since: nothing to load.
-            let present: HashSet<(String, String)> = items.iter().map(raw_key).collect();
-            let gone: Vec<_> = keys.into_iter().filter(|k| !present.contains(k)).collect();
-            if !gone.is_empty() {
-                let mut conn = stores.pg.conn().await?;
-                undefer(&mut conn, run_id, entity, &gone).await?;
-            }
-            throttle.acquire(items.len()).await;
-            let outcome = retry(|| {
-                load_page(
-                    stores,
-                    run_id,
-                    entity,
-                    DEFERRED_PASS,
-                    scope,
-                    &items,
-                    None,
-                    final_round,
-                )
-            })
-            .await?;
-            live.loaded
-                .fetch_add(outcome.loaded + outcome.unchanged, Ordering::Relaxed);
-            live.quarantined
-                .fetch_add(outcome.quarantined, Ordering::Relaxed);
-        }
+            drain_slice(stores, run_id, entity, scope, slice, throttle, live)
+        });
+        futures::future::try_join_all(slices).await?;
         let remaining = deferred_count(stores, run_id, entity).await?;
         if final_round || remaining == 0 {
             break;
@@ -854,6 +833,83 @@ async fn drain_deferred(
         }
     }
     Ok(())
+}
+
+/// One worker's share of a deferred round.
+#[derive(Clone, Copy)]
+struct Slice {
+    worker: i32,
+    workers: i32,
+    page_size: i32,
+    final_round: bool,
+}
+
+/// Pages through one worker's deferred keys in key order, re-reading each page fresh
+/// from DynamoDB and loading it.
+async fn drain_slice(
+    stores: &Stores,
+    run_id: &str,
+    entity: Entity,
+    scope: &Scope,
+    slice: Slice,
+    throttle: &Throttle,
+    live: &Live,
+) -> anyhow::Result<()> {
+    let mut after = (String::new(), String::new());
+    loop {
+        let rows: Vec<DeferredRow> = {
+            let mut conn = stores.pg.conn().await?;
+            diesel::sql_query(
+                "SELECT tenant_id, id FROM backfill_deferred \
+                 WHERE run_id = $1 AND entity = $2 AND (tenant_id, id) > ($3, $4) \
+                   AND (hashtext(id) & 2147483647) % $6 = $7 \
+                 ORDER BY tenant_id, id LIMIT $5",
+            )
+            .bind::<Text, _>(run_id)
+            .bind::<Text, _>(entity.as_str())
+            .bind::<Text, _>(&after.0)
+            .bind::<Text, _>(&after.1)
+            .bind::<BigInt, _>(i64::from(slice.page_size))
+            .bind::<Integer, _>(slice.workers)
+            .bind::<Integer, _>(slice.worker)
+            .load(&mut *conn)
+            .await?
+        };
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        after = (last.tenant_id.clone(), last.id.clone());
+        let keys: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| (r.tenant_id.clone(), r.id.clone()))
+            .collect();
+        let items = retry(|| stores.dynamo.batch_get(entity, &keys)).await?;
+        // Deleted from DynamoDB since: nothing to load.
+        let present: HashSet<(String, String)> = items.iter().map(raw_key).collect();
+        let gone: Vec<_> = keys.into_iter().filter(|k| !present.contains(k)).collect();
+        if !gone.is_empty() {
+            let mut conn = stores.pg.conn().await?;
+            undefer(&mut conn, run_id, entity, &gone).await?;
+        }
+        throttle.acquire(items.len()).await;
+        let outcome = retry(|| {
+            load_page(
+                stores,
+                run_id,
+                entity,
+                DEFERRED_PASS,
+                scope,
+                &items,
+                None,
+                slice.final_round,
+            )
+        })
+        .await?;
+        live.loaded
+            .fetch_add(outcome.loaded + outcome.unchanged, Ordering::Relaxed);
+        live.quarantined
+            .fetch_add(outcome.quarantined, Ordering::Relaxed);
+    }
 }
 
 async fn deferred_count(stores: &Stores, run_id: &str, entity: Entity) -> anyhow::Result<i64> {

@@ -62,7 +62,7 @@ pub(super) async fn load_page(
                         repairs.insert(key.clone(), (fields, rules));
                     }
                     resolved.push(key.clone());
-                    ready.push((key.clone(), (*item).clone(), *record));
+                    ready.push((key.clone(), *item, *record));
                 }
                 Prepared::Defer { waits_for } if !final_round => {
                     // Counted once, when first deferred by the scan.
@@ -90,7 +90,8 @@ pub(super) async fn load_page(
         // its own savepoint, quarantining the refused ones.
         // Parents before children (the single-row fallback below writes them one by one).
         ready.sort_by_key(|(_, _, r)| r.depth());
-        let records: Vec<Record> = ready.iter().map(|(_, _, r)| r.clone()).collect();
+        let (mut ready, mut records): (Vec<(ledger::LedgerKey, &Item)>, Vec<Record>) =
+            ready.into_iter().map(|(k, i, r)| ((k, i), r)).unzip();
         let bulk = conn
             .transaction::<_, StoreError, _>(async |c| upsert_records(c, &records).await)
             .await;
@@ -102,7 +103,7 @@ pub(super) async fn load_page(
             Err(StoreError::Unavailable(m)) => return Err(StoreError::Unavailable(m)),
             Err(_) => {
                 let mut refused = HashSet::new();
-                for (key, item, record) in ready.iter_mut() {
+                for ((key, item), record) in ready.iter().zip(records.iter_mut()) {
                     let mut r = upsert_one(conn, record).await;
                     // A code taken meanwhile by another segment's page (invisible to
                     // the check before): the code-collision rule, as if seen then.
@@ -150,11 +151,11 @@ pub(super) async fn load_page(
                     }
                 }
                 clean.retain(|k| !refused.contains(k));
-                ready.retain(|(k, _, _)| !refused.contains(k));
+                ready.retain(|(k, _)| !refused.contains(k));
             }
         }
         // Repairs of the rows that were written (or that PostgreSQL already had newer).
-        for (key, _, _) in &ready {
+        for (key, _) in &ready {
             if let Some((fields, rules)) = repairs.get(key) {
                 ledger::repaired(conn, entity, key, fields, rules, &run_id).await?;
                 out.repaired += 1;
@@ -228,9 +229,9 @@ pub(super) async fn forget_ledger(
     conn: &mut AsyncPgConnection,
     entity: Entity,
     clean: &[ledger::LedgerKey],
-    ready: &[(ledger::LedgerKey, Item, Record)],
+    ready: &[(ledger::LedgerKey, &Item)],
 ) -> StoreResult<()> {
-    let all: Vec<&ledger::LedgerKey> = ready.iter().map(|(k, _, _)| k).collect();
+    let all: Vec<&ledger::LedgerKey> = ready.iter().map(|(k, _)| k).collect();
     for (table, keys) in [
         ("migration_quarantine", all),
         ("migration_repairs", clean.iter().collect()),

@@ -198,15 +198,19 @@ pub(super) async fn code_owners(
     let t: Vec<String> = wanted.iter().map(|w| w.0.clone()).collect();
     let s: Vec<String> = wanted.iter().map(|w| w.1.clone()).collect();
     let c: Vec<String> = wanted.iter().map(|w| w.2.clone()).collect();
-    let (scope, join) = if table == "customers" {
-        ("''", "")
+    let join = if table == "customers" {
+        ""
     } else {
-        ("n.customer_id::text", "AND n.customer_id = k.s::uuid")
+        "AND n.customer_id = k.s::uuid"
     };
+    // One unique-index probe per key (the LIMIT keeps the subquery from being pulled
+    // up into a join, which was planned as a hash join over the whole table: a scan
+    // of every row per page, quadratic over a table's load).
     let rows: Vec<CodeRow> = diesel::sql_query(format!(
-        "SELECT n.tenant_id, {scope} AS scope, n.code::text AS code, n.id FROM {table} n \
-         JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(t, s, c) \
-           ON n.tenant_id = k.t AND n.code = k.c {join}"
+        "SELECT k.t AS tenant_id, k.s AS scope, x.code, x.id \
+         FROM unnest($1::text[], $2::text[], $3::text[]) AS k(t, s, c) \
+         CROSS JOIN LATERAL (SELECT n.code::text AS code, n.id FROM {table} n \
+           WHERE n.tenant_id = k.t AND n.code = k.c {join} LIMIT 1) x"
     ))
     .bind::<Array<Text>, _>(&t)
     .bind::<Array<Text>, _>(&s)
