@@ -37,4 +37,5 @@ for size in $SIZES; do
   /usr/bin/time -f "backfill peak RSS: %M KB, wall %e s" \
     $BIN backfill run --segments "$SEGMENTS" --page-size "$PAGE" --progress lines --progress-interval 5
   $BIN verify --segments "$SEGMENTS" | tail -1
+  $LOAD drop-legacy
 done

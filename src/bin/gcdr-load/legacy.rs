@@ -239,53 +239,189 @@ pub async fn scan(store: &DynamoStore, segments: i32, page: i32) -> anyhow::Resu
     Ok(())
 }
 
-/// Upserts `rows` customer rows sent from here in statements of `batch` rows (a
-/// multi-row INSERT ... VALUES ... ON CONFLICT DO UPDATE ... WHERE version <=, every
-/// column the backfill writes), into a scratch tenant deleted first and after; prints
-/// rows/s.
+/// Times PostgreSQL's raw batch upsert from one connection in statements of `batch`
+/// rows (multi-row INSERT ... VALUES ... ON CONFLICT DO UPDATE ... WHERE version <=,
+/// every column the backfill writes), into a scratch tenant deleted first and after,
+/// twice: `rows` root customers (no foreign key to check, the figure the issue
+/// quotes), then `rows` rows of the same mix `seed` writes (10% customers, 40%
+/// assets, 50% devices, parents first), the same work the backfill's writes do. The
+/// tables foreign keys point at are analyzed as they grow, as the backfill does, so
+/// neither side pays for checks planned on an empty table.
 pub async fn pg_upsert(url: &str, rows: u64, batch: u64) -> anyhow::Result<()> {
     gcdr_data::storage::postgres::migrate(url).await?;
     let mut conn = AsyncPgConnection::establish(url).await.context("connect")?;
-    let clear = "DELETE FROM customers WHERE tenant_id = 'bench-pg-raw'";
+    // Analyzed first: the deletes check foreign keys row by row, with plans made from
+    // the tables' statistics.
+    let clear = "ANALYZE customers, assets, devices; \
+                 DELETE FROM devices WHERE tenant_id = 'bench-pg-raw'; \
+                 DELETE FROM assets WHERE tenant_id = 'bench-pg-raw'; \
+                 DELETE FROM customers WHERE tenant_id = 'bench-pg-raw'";
+    let ts = "'2025-03-01T10:00:00Z', '2025-03-01T10:00:00Z', 'system', NULL";
+    let t = "bench-pg-raw";
+
     conn.batch_execute(clear).await?;
+    let roots: Vec<String> = (0..rows)
+        .map(|g| {
+            let id = Uuid::new_v4();
+            format!(
+                "('{t}', '{id}', NULL, '/{t}/{id}', 0, 'Customer {g}', 'Customer {g}', 'R{g}', \
+                  'COMPANY', NULL, NULL, NULL, '{{}}', NULL, '{{}}', 'ACTIVE', 1, {ts})"
+            )
+        })
+        .collect();
     let started = Instant::now();
-    let mut done = 0;
-    while done < rows {
-        let to = (done + batch).min(rows);
-        let values: Vec<String> = (done..to)
-            .map(|g| {
-                let id = Uuid::new_v4();
-                format!(
-                    "('bench-pg-raw', '{id}', NULL, '/bench-pg-raw/{id}', 0, 'Customer {g}', \
-                      'Customer {g}', 'C{g}', 'COMPANY', NULL, NULL, NULL, \
-                      '{{\"timezone\": \"America/Sao_Paulo\", \"locale\": \"pt-BR\"}}', NULL, '{{}}', \
-                      'ACTIVE', 1, '2025-03-01T10:00:00Z', '2025-03-01T10:00:00Z', 'system', NULL)"
-                )
-            })
-            .collect();
-        conn.batch_execute(&format!(
-            "INSERT INTO customers (tenant_id, id, parent_customer_id, path, depth, name, \
-               display_name, code, type, email, phone, address, settings, theme, metadata, status, \
-               version, created_at, updated_at, created_by, updated_by) VALUES {} \
-             ON CONFLICT (tenant_id, id) DO UPDATE SET parent_customer_id = excluded.parent_customer_id, \
-               path = excluded.path, depth = excluded.depth, name = excluded.name, \
-               display_name = excluded.display_name, code = excluded.code, type = excluded.type, \
-               email = excluded.email, phone = excluded.phone, address = excluded.address, \
-               settings = excluded.settings, theme = excluded.theme, metadata = excluded.metadata, \
-               status = excluded.status, version = excluded.version, created_at = excluded.created_at, \
-               updated_at = excluded.updated_at, created_by = excluded.created_by, \
-               updated_by = excluded.updated_by \
-             WHERE customers.version <= excluded.version",
-            values.join(", ")
-        ))
-        .await?;
-        done = to;
-    }
+    let root_customers = RawTable {
+        referenced: false,
+        ..CUSTOMERS
+    };
+    upsert_all(&mut conn, root_customers, &roots, batch).await?;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "raw PostgreSQL batch upsert: {rows} rows in {secs:.2} s = {:.0} rows/s (statements of {batch})",
+        "raw PostgreSQL batch upsert, root customers: {rows} rows in {secs:.2} s = {:.0} rows/s (statements of {batch})",
         rows as f64 / secs
     );
+
     conn.batch_execute(clear).await?;
+    let (customers, assets, devices) = mix(t, rows, ts);
+    let started = Instant::now();
+    upsert_all(&mut conn, CUSTOMERS, &customers, batch).await?;
+    upsert_all(&mut conn, ASSETS, &assets, batch).await?;
+    upsert_all(&mut conn, DEVICES, &devices, batch).await?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "raw PostgreSQL batch upsert, the seeded mix: {rows} rows in {secs:.2} s = {:.0} rows/s \
+         ({} customers, {} assets, {} devices; statements of {batch})",
+        rows as f64 / secs,
+        customers.len(),
+        assets.len(),
+        devices.len()
+    );
+    conn.batch_execute(clear).await?;
+    Ok(())
+}
+
+/// A table's name, the columns of its VALUES rows, and whether rows loaded after it
+/// check foreign keys against it (so its statistics matter while it grows).
+struct RawTable {
+    name: &'static str,
+    columns: &'static str,
+    referenced: bool,
+}
+
+const CUSTOMERS: RawTable = RawTable {
+    name: "customers",
+    referenced: true,
+    columns: "tenant_id, id, parent_customer_id, path, depth, name, display_name, code, type, \
+              email, phone, address, settings, theme, metadata, status, version, created_at, \
+              updated_at, created_by, updated_by",
+};
+const ASSETS: RawTable = RawTable {
+    name: "assets",
+    referenced: true,
+    columns: "tenant_id, id, customer_id, parent_asset_id, path, depth, name, display_name, \
+              code, type, description, location, specs, tags, metadata, status, version, \
+              created_at, updated_at, created_by, updated_by",
+};
+const DEVICES: RawTable = RawTable {
+    name: "devices",
+    referenced: false,
+    columns: "tenant_id, id, asset_id, customer_id, name, display_name, type, serial_number, \
+              specs, telemetry_config, tags, metadata, attributes, connectivity_status, status, \
+              version, created_at, updated_at, created_by, updated_by",
+};
+
+/// VALUES rows of `seed`'s mix for tenant `t`: customers, assets, devices.
+fn mix(t: &str, rows: u64, ts: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let n_customers = (rows / 10).max(1);
+    let n_assets = rows * 4 / 10;
+    let n_devices = rows - n_customers - n_assets;
+    let mut rng = rand::rng();
+    let (mut customers, mut ids, mut root) = (Vec::new(), Vec::new(), (Uuid::nil(), String::new()));
+    for k in 0..n_customers {
+        let id = Uuid::new_v4();
+        let (parent, path, depth) = if k % 10 == 0 {
+            root = (id, format!("/{t}/{id}"));
+            ("NULL".to_owned(), root.1.clone(), 0)
+        } else {
+            (format!("'{}'", root.0), format!("{}/{id}", root.1), 1)
+        };
+        customers.push(format!(
+            "('{t}', '{id}', {parent}, '{path}', {depth}, 'Customer {k}', 'Customer {k}', \
+              'C{k}', 'COMPANY', NULL, NULL, NULL, '{{}}', NULL, '{{}}', 'ACTIVE', 1, {ts})"
+        ));
+        ids.push(id);
+    }
+    let (mut assets, mut floors) = (Vec::new(), Vec::new());
+    let mut building = (Uuid::nil(), Uuid::nil(), String::new());
+    for k in 0..n_assets {
+        let id = Uuid::new_v4();
+        let (parent, depth, kind) = if k % 5 == 0 {
+            let c = ids[rng.random_range(0..ids.len())];
+            building = (id, c, format!("/{t}/{c}/{id}"));
+            ("NULL".to_owned(), 0, "BUILDING")
+        } else {
+            floors.push((id, building.1));
+            (format!("'{}'", building.0), 1, "FLOOR")
+        };
+        let path = if depth == 0 {
+            building.2.clone()
+        } else {
+            format!("{}/{id}", building.2)
+        };
+        assets.push(format!(
+            "('{t}', '{id}', '{}', {parent}, '{path}', {depth}, 'Asset {k}', 'Asset {k}', \
+              'A{k}', '{kind}', NULL, '{{}}', '{{}}', '[]', '{{}}', 'ACTIVE', 1, {ts})",
+            building.1
+        ));
+    }
+    let devices = (0..n_devices)
+        .map(|k| {
+            let id = Uuid::new_v4();
+            let (asset, customer) = floors[rng.random_range(0..floors.len())];
+            format!(
+                "('{t}', '{id}', '{asset}', '{customer}', 'SN-{k}', 'SN-{k}', 'SENSOR', 'SN-{k}', \
+                  '{{\"serialNumber\": \"SN-{k}\"}}', '{{}}', '[]', '{{}}', '{{}}', 'UNKNOWN', \
+                  'ACTIVE', 1, {ts})"
+            )
+        })
+        .collect();
+    (customers, assets, devices)
+}
+
+/// Upserts `rows` into `table` in statements of `batch`; a table that foreign keys
+/// reference is analyzed after the first statement and whenever it has doubled.
+async fn upsert_all(
+    conn: &mut AsyncPgConnection,
+    table: RawTable,
+    rows: &[String],
+    batch: u64,
+) -> anyhow::Result<()> {
+    let RawTable {
+        name,
+        columns,
+        referenced,
+    } = table;
+    let set: Vec<String> = columns
+        .split(',')
+        .map(str::trim)
+        .filter(|c| *c != "tenant_id" && *c != "id")
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    let (mut done, mut analyzed_at) = (0, 0);
+    for chunk in rows.chunks(batch.max(1) as usize) {
+        conn.batch_execute(&format!(
+            "INSERT INTO {name} ({columns}) VALUES {} ON CONFLICT (tenant_id, id) DO UPDATE SET {} \
+             WHERE {name}.version <= excluded.version",
+            chunk.join(", "),
+            set.join(", ")
+        ))
+        .await
+        .with_context(|| format!("upsert into {name}"))?;
+        done += chunk.len();
+        if referenced && done >= 2 * analyzed_at {
+            analyzed_at = done;
+            conn.batch_execute(&format!("ANALYZE {name}")).await?;
+        }
+    }
     Ok(())
 }

@@ -67,6 +67,14 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         tenants: u64,
     },
+    /// Delete the legacy tables of `--stage` (benchmark clean-up: an in-memory emulator
+    /// keeps every table it was given).
+    DropLegacy {
+        #[arg(long, env = "DYNAMODB_ENDPOINT")]
+        endpoint: String,
+        #[arg(long, env = "GCDR_STAGE")]
+        stage: String,
+    },
     /// Time a raw parallel Scan of every legacy table of `--stage`.
     ScanLegacy {
         #[arg(long, env = "DYNAMODB_ENDPOINT")]
@@ -78,7 +86,8 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         page_size: i32,
     },
-    /// Time PostgreSQL's raw batch upsert of customer rows (a scratch tenant).
+    /// Time PostgreSQL's raw batch upsert: root customers, then the seeded mix of
+    /// customers, assets and devices (a scratch tenant).
     PgUpsert {
         #[arg(
             long,
@@ -156,6 +165,10 @@ async fn main() -> anyhow::Result<()> {
             items,
             tenants,
         } => legacy::seed(&legacy::store(&endpoint, &stage).await, items, tenants).await,
+        Command::DropLegacy { endpoint, stage } => {
+            let store = legacy::store(&endpoint, &stage).await;
+            gcdr_data::storage::dynamodb::delete_tables(store.client(), store.tables()).await
+        }
         Command::ScanLegacy {
             endpoint,
             stage,
