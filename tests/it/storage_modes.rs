@@ -116,6 +116,14 @@ impl ModeServer {
         pb::device_service_client::DeviceServiceClient::new(self.channel.clone())
     }
 
+    pub fn roles(&self) -> pb::role_service_client::RoleServiceClient<Channel> {
+        pb::role_service_client::RoleServiceClient::new(self.channel.clone())
+    }
+
+    pub fn policies(&self) -> pb::policy_service_client::PolicyServiceClient<Channel> {
+        pb::policy_service_client::PolicyServiceClient::new(self.channel.clone())
+    }
+
     pub fn admin(&self) -> StorageAdminServiceClient<Channel> {
         StorageAdminServiceClient::new(self.channel.clone())
     }
@@ -806,4 +814,143 @@ async fn dynamodb_device_serials_stay_unique_under_concurrent_creates() {
     create("Replacement".into())
         .await
         .expect("the serial is free again after the delete");
+}
+
+/// The outcome of concurrent creates of one unique value: exactly one succeeded, the
+/// others were refused with ALREADY_EXISTS. Returns the winner.
+fn one_winner<T: std::fmt::Debug>(made: Vec<Result<T, tonic::Status>>) -> T {
+    let n = made.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(n, 1, "{made:?}");
+    let mut winner = None;
+    for r in made {
+        match r {
+            Ok(w) => winner = Some(w),
+            Err(e) => assert_eq!(e.code(), Code::AlreadyExists, "{e:?}"),
+        }
+    }
+    winner.expect("one winner")
+}
+
+/// DynamoDB authoritative: of concurrent creates of one policy key, and of one role
+/// key, exactly one wins (claimed with the item); deleting frees the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_role_and_policy_keys_stay_unique_under_concurrent_creates() {
+    let s = ModeServer::start(StorageMode::Dynamodb).await;
+    let create_policy = |name: String| {
+        let mut policies = s.policies();
+        async move {
+            let policy = pb::Policy {
+                key: "p_claimed".into(),
+                display_name: name,
+                allow: vec!["identity.users.read".into()],
+                ..Default::default()
+            };
+            policies
+                .create_policy(req(
+                    "tenant-a",
+                    pb::CreatePolicyRequest {
+                        policy: Some(policy),
+                    },
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let made = futures::future::join_all((0..4).map(|i| create_policy(format!("P {i}")))).await;
+    let policy = one_winner(made);
+
+    let create_role = |name: String| {
+        let mut roles = s.roles();
+        async move {
+            let role = pb::Role {
+                key: "r_claimed".into(),
+                display_name: name,
+                policy_keys: vec!["p_claimed".into()],
+                ..Default::default()
+            };
+            roles
+                .create_role(req("tenant-a", pb::CreateRoleRequest { role: Some(role) }))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let made = futures::future::join_all((0..4).map(|i| create_role(format!("R {i}")))).await;
+    let role = one_winner(made);
+    // The same keys in another tenant are another tenant's business.
+    let policy_b = pb::Policy {
+        key: "p_claimed".into(),
+        display_name: "B".into(),
+        allow: vec!["identity.users.read".into()],
+        ..Default::default()
+    };
+    s.policies()
+        .create_policy(req(
+            "tenant-b",
+            pb::CreatePolicyRequest {
+                policy: Some(policy_b),
+            },
+        ))
+        .await
+        .expect("policy keys are unique per tenant only");
+    let role_b = pb::Role {
+        key: "r_claimed".into(),
+        display_name: "B".into(),
+        policy_keys: vec!["p_claimed".into()],
+        ..Default::default()
+    };
+    s.roles()
+        .create_role(req(
+            "tenant-b",
+            pb::CreateRoleRequest { role: Some(role_b) },
+        ))
+        .await
+        .expect("role keys are unique per tenant only");
+
+    s.roles()
+        .delete_role(req(
+            "tenant-a",
+            pb::DeleteRoleRequest {
+                id: role.id.clone(),
+                expected_version: None,
+            },
+        ))
+        .await
+        .expect("delete role");
+    create_role("Replacement".into())
+        .await
+        .expect("the role key is free again after the delete");
+    let replacement = s
+        .roles()
+        .get_role_by_key(req(
+            "tenant-a",
+            pb::GetRoleByKeyRequest {
+                key: "r_claimed".into(),
+            },
+        ))
+        .await
+        .expect("by key")
+        .into_inner();
+    s.roles()
+        .delete_role(req(
+            "tenant-a",
+            pb::DeleteRoleRequest {
+                id: replacement.id,
+                expected_version: None,
+            },
+        ))
+        .await
+        .expect("delete the replacement, so the policy is no longer in use");
+    s.policies()
+        .delete_policy(req(
+            "tenant-a",
+            pb::DeletePolicyRequest {
+                id: policy.id,
+                expected_version: None,
+            },
+        ))
+        .await
+        .expect("delete policy");
+    create_policy("Replacement".into())
+        .await
+        .expect("the policy key is free again after the delete");
 }

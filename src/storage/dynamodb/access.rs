@@ -3,13 +3,15 @@
 //! §3.5-3.7), and what authorization reads from them (§4, with the real hierarchy).
 //!
 //! Legacy has no relation tables: a role lists its policies by key (`policies`, L of S)
-//! and an assignment names its role by key (`roleKey`). Uniqueness (a key per tenant,
-//! one active assignment per user/role/scope) and "in use" rules are therefore checked
-//! with a query just before the write. DynamoDB cannot enforce them without extra
-//! marker items, which legacy readers would list as entities; so two concurrent
-//! writers can both pass a check (two roles with one key, two identical active
-//! assignments, a role created on a policy being deleted). Reads tolerate what such a
-//! race leaves: of several items sharing a key the oldest is used.
+//! and an assignment names its role by key (`roleKey`). A role or policy key is unique
+//! per tenant: checked through gsi-key (legacy items) and claimed in the unique-keys
+//! table in the same transaction as the put, released with the delete, so two
+//! concurrent creates of one key cannot both succeed. The other rules (one active
+//! assignment per user/role/scope, policies in use) are checked with a query just
+//! before the write, so two concurrent writers can both pass them (two identical
+//! active assignments, a role created on a policy being deleted). Reads tolerate what
+//! such a race, or legacy data, leaves: of several items sharing a key the oldest is
+//! used.
 //!
 //! Lookups by key or user go through GSIs, which lag writes. Where that would matter,
 //! the base table is asked too: an assignment that looks in force is re-read before
@@ -28,6 +30,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::assets::put_new_item;
 use super::{DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, s};
 use super::{bad_cursor, check_version};
 use crate::domain::access::requests::{
@@ -314,6 +317,41 @@ fn keeps_changing(what: &str) -> StoreError {
 }
 
 /// An id that is new by construction but already stored (as PostgreSQL reports it).
+fn policy_key_taken() -> StoreError {
+    StoreError::AlreadyExists {
+        reason: "POLICY_KEY_EXISTS",
+        field: "policy.key",
+    }
+}
+
+fn role_key_taken() -> StoreError {
+    StoreError::AlreadyExists {
+        reason: "ROLE_KEY_EXISTS",
+        field: "role.key",
+    }
+}
+
+impl DynamoStore {
+    /// The claim of a role or policy `key` (held in `key` of the `records` table) in
+    /// `tenant` by record `owner`.
+    fn key_claim<'a>(
+        &'a self,
+        records: &'a str,
+        what: &'static str,
+        tenant: &'a TenantId,
+        key: &'a str,
+        owner: &'a str,
+    ) -> super::Claim<'a> {
+        super::Claim::new(
+            &self.tables,
+            tenant.as_str(),
+            (what, records, "key"),
+            key,
+            owner,
+        )
+    }
+}
+
 fn id_taken(table: &str) -> StoreError {
     StoreError::Internal(format!("unique violation on {table} id").into())
 }
@@ -602,16 +640,13 @@ impl PolicyStore for DynamoStore {
     async fn create(&self, ctx: &Ctx, new: NewPolicy) -> StoreResult<Policy> {
         self.timed("policies.create", async {
             let table = &self.tables.policies;
-            // Checked, not enforced (see the module doc): a concurrent create of the
-            // same key can also pass.
+            // Checked through gsi-key (legacy items have no claim), then claimed in the
+            // same transaction as the put (module doc).
             if self
                 .exists_in_index(table, "gsi-key", ctx.tenant.as_str(), "key", &new.key)
                 .await?
             {
-                return Err(StoreError::AlreadyExists {
-                    reason: "POLICY_KEY_EXISTS",
-                    field: "policy.key",
-                });
+                return Err(policy_key_taken());
             }
             let now = super::item::now();
             let policy = Policy {
@@ -631,10 +666,22 @@ impl PolicyStore for DynamoStore {
                 created_by: ctx.actor.as_str().to_owned(),
                 updated_by: None,
             };
-            if !self.put_new(table, policy_to_item(&policy)?).await? {
-                return Err(id_taken("policies"));
+            let sid = policy.id.to_string();
+            let claim = self.key_claim(table, "policy-key", &ctx.tenant, &policy.key, &sid);
+            let items = vec![
+                put_new_item(table, policy_to_item(&policy)?)?,
+                claim.take()?,
+            ];
+            for _ in 0..ATTEMPTS {
+                match self.transact_once(items.clone()).await? {
+                    None => return Ok(policy),
+                    Some(0) => return Err(id_taken("policies")),
+                    Some(_) if self.claim_taken(&claim).await? => return Err(policy_key_taken()),
+                    // A stale claim, dropped: again.
+                    Some(_) => {}
+                }
             }
-            Ok(policy)
+            Err(keeps_changing("policy key claim"))
         })
         .await
     }
@@ -736,11 +783,15 @@ impl PolicyStore for DynamoStore {
                         message: format!("the policy is used by roles: {}", users.join(", ")),
                     });
                 }
+                // The delete and the release of the key's claim, together.
                 let sid = id.to_string();
-                if self
-                    .delete_versioned(&self.tables.policies, tenant.as_str(), &sid, p.version)
-                    .await?
-                {
+                let table = &self.tables.policies;
+                let items = vec![
+                    Self::delete_versioned_item(table, tenant.as_str(), &sid, p.version)?,
+                    self.key_claim(table, "policy-key", tenant, &p.key, &sid)
+                        .release()?,
+                ];
+                if self.transact(items).await?.is_none() {
                     return Ok(());
                 }
             }
@@ -775,16 +826,13 @@ impl RoleStore for DynamoStore {
     async fn create(&self, ctx: &Ctx, new: NewRole) -> StoreResult<Role> {
         self.timed("roles.create", async {
             let table = &self.tables.roles;
-            // Key first, then the policies, in PostgreSQL's order; both checked, not
-            // enforced (module doc).
+            // Key first, then the policies, in PostgreSQL's order. The key is also
+            // claimed with the put; the policies are checked, not enforced (module doc).
             if self
                 .exists_in_index(table, "gsi-key", ctx.tenant.as_str(), "key", &new.key)
                 .await?
             {
-                return Err(StoreError::AlreadyExists {
-                    reason: "ROLE_KEY_EXISTS",
-                    field: "role.key",
-                });
+                return Err(role_key_taken());
             }
             self.check_policy_keys(&ctx.tenant, &new.policy_keys)
                 .await?;
@@ -805,10 +853,19 @@ impl RoleStore for DynamoStore {
                 created_by: ctx.actor.as_str().to_owned(),
                 updated_by: None,
             };
-            if !self.put_new(table, role_to_item(&role)?).await? {
-                return Err(id_taken("roles"));
+            let sid = role.id.to_string();
+            let claim = self.key_claim(table, "role-key", &ctx.tenant, &role.key, &sid);
+            let items = vec![put_new_item(table, role_to_item(&role)?)?, claim.take()?];
+            for _ in 0..ATTEMPTS {
+                match self.transact_once(items.clone()).await? {
+                    None => return Ok(role),
+                    Some(0) => return Err(id_taken("roles")),
+                    Some(_) if self.claim_taken(&claim).await? => return Err(role_key_taken()),
+                    // A stale claim, dropped: again.
+                    Some(_) => {}
+                }
             }
-            Ok(role)
+            Err(keeps_changing("role key claim"))
         })
         .await
     }
@@ -909,11 +966,15 @@ impl RoleStore for DynamoStore {
                         ),
                     });
                 }
+                // The delete and the release of the key's claim, together.
                 let sid = id.to_string();
-                if !self
-                    .delete_versioned(&self.tables.roles, t, &sid, r.version)
-                    .await?
-                {
+                let table = &self.tables.roles;
+                let items = vec![
+                    Self::delete_versioned_item(table, t, &sid, r.version)?,
+                    self.key_claim(table, "role-key", tenant, &r.key, &sid)
+                        .release()?,
+                ];
+                if self.transact(items).await?.is_some() {
                     continue;
                 }
                 // The index may still show the role just deleted: only another id counts.
