@@ -350,6 +350,28 @@ impl DynamoStore {
             owner,
         )
     }
+
+    /// Puts a new role or policy item together with the claim of its key (retried
+    /// when the claim in the way was stale); `taken` is the error when it is not.
+    async fn put_claimed(
+        &self,
+        table: &str,
+        item: Item,
+        claim: &super::Claim<'_>,
+        taken: fn() -> StoreError,
+    ) -> StoreResult<()> {
+        let items = vec![put_new_item(table, item)?, claim.take()?];
+        for _ in 0..ATTEMPTS {
+            match self.transact_once(items.clone()).await? {
+                None => return Ok(()),
+                Some(0) => return Err(id_taken(table)),
+                Some(_) if self.claim_taken(claim).await? => return Err(taken()),
+                // A stale claim, dropped: again.
+                Some(_) => {}
+            }
+        }
+        Err(keeps_changing("key claim"))
+    }
 }
 
 fn id_taken(table: &str) -> StoreError {
@@ -668,20 +690,9 @@ impl PolicyStore for DynamoStore {
             };
             let sid = policy.id.to_string();
             let claim = self.key_claim(table, "policy-key", &ctx.tenant, &policy.key, &sid);
-            let items = vec![
-                put_new_item(table, policy_to_item(&policy)?)?,
-                claim.take()?,
-            ];
-            for _ in 0..ATTEMPTS {
-                match self.transact_once(items.clone()).await? {
-                    None => return Ok(policy),
-                    Some(0) => return Err(id_taken("policies")),
-                    Some(_) if self.claim_taken(&claim).await? => return Err(policy_key_taken()),
-                    // A stale claim, dropped: again.
-                    Some(_) => {}
-                }
-            }
-            Err(keeps_changing("policy key claim"))
+            self.put_claimed(table, policy_to_item(&policy)?, &claim, policy_key_taken)
+                .await?;
+            Ok(policy)
         })
         .await
     }
@@ -855,17 +866,9 @@ impl RoleStore for DynamoStore {
             };
             let sid = role.id.to_string();
             let claim = self.key_claim(table, "role-key", &ctx.tenant, &role.key, &sid);
-            let items = vec![put_new_item(table, role_to_item(&role)?)?, claim.take()?];
-            for _ in 0..ATTEMPTS {
-                match self.transact_once(items.clone()).await? {
-                    None => return Ok(role),
-                    Some(0) => return Err(id_taken("roles")),
-                    Some(_) if self.claim_taken(&claim).await? => return Err(role_key_taken()),
-                    // A stale claim, dropped: again.
-                    Some(_) => {}
-                }
-            }
-            Err(keeps_changing("role key claim"))
+            self.put_claimed(table, role_to_item(&role)?, &claim, role_key_taken)
+                .await?;
+            Ok(role)
         })
         .await
     }
