@@ -15,7 +15,7 @@ fn client(s: &TestServer) -> PartnerServiceClient<tonic::transport::Channel> {
     PartnerServiceClient::new(s.channel.clone())
 }
 
-fn partner(email: &str) -> pb::Partner {
+pub fn partner(email: &str) -> pb::Partner {
     pb::Partner {
         company_name: "Acme Integrations".into(),
         company_website: "https://acme.example".into(),

@@ -954,3 +954,68 @@ async fn dynamodb_role_and_policy_keys_stay_unique_under_concurrent_creates() {
         .await
         .expect("the policy key is free again after the delete");
 }
+
+/// DynamoDB authoritative: of concurrent registrations with one contact e-mail exactly
+/// one wins, as of concurrent updates of two partners onto one new e-mail; the e-mail a
+/// partner moved away from is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_partner_emails_stay_unique_under_concurrent_writes() {
+    use crate::partners::partner;
+    let s = ModeServer::start(StorageMode::Dynamodb).await;
+    let client = || pb::partner_service_client::PartnerServiceClient::new(s.channel.clone());
+    let register = |email: &'static str| {
+        let mut partners = client();
+        async move {
+            partners
+                .register_partner(req(
+                    "tenant-a",
+                    pb::RegisterPartnerRequest {
+                        partner: Some(partner(email)),
+                    },
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let made = futures::future::join_all((0..4).map(|_| register("claimed@acme.example"))).await;
+    one_winner(made);
+
+    let a = register("a@acme.example").await.expect("a");
+    let b = register("b@acme.example").await.expect("b");
+    let move_to = |id: String| {
+        let mut partners = client();
+        async move {
+            partners
+                .update_partner(req(
+                    "tenant-a",
+                    pb::UpdatePartnerRequest {
+                        id,
+                        partner: Some(pb::Partner {
+                            contact_email: "new@acme.example".into(),
+                            ..Default::default()
+                        }),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec!["contact_email".into()],
+                        }),
+                        expected_version: None,
+                    },
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let (ra, rb) = tokio::join!(move_to(a.id.clone()), move_to(b.id.clone()));
+    let moved = one_winner(vec![ra, rb]);
+    assert_eq!(moved.contact_email, "new@acme.example");
+    let freed = if moved.id == a.id {
+        "a@acme.example"
+    } else {
+        "b@acme.example"
+    };
+    register(freed)
+        .await
+        .expect("the e-mail a partner moved away from is free again");
+    register("new@acme.example")
+        .await
+        .expect_err("the e-mail moved to is taken");
+}

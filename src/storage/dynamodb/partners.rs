@@ -602,6 +602,21 @@ impl DynamoStore {
 
     /// True when a partner of the tenant other than `except` has `email` as its
     /// contact email (a base-table query with a filter, following every page).
+    /// The claim of `email` (a partner's `contactEmail`) in `tenant` by partner `owner`.
+    fn email_claim<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        email: &'a str,
+        owner: &'a str,
+    ) -> super::Claim<'a> {
+        let guarded = (
+            "partner-email",
+            self.tables.partners.as_str(),
+            "contactEmail",
+        );
+        super::Claim::new(&self.tables, tenant.as_str(), guarded, email, owner)
+    }
+
     async fn partner_email_taken(
         &self,
         tenant: &TenantId,
@@ -623,8 +638,9 @@ impl DynamoStore {
 impl PartnerStore for DynamoStore {
     async fn register(&self, ctx: &Ctx, new: NewPartner) -> StoreResult<Partner> {
         self.timed("partners.register", async {
-            // Checked before the write (DynamoDB has no unique constraint): two
-            // concurrent registrations with one email can both succeed.
+            // Checked through the table (legacy items have no claim), then claimed in
+            // the unique-keys table in the same transaction as the put, so two
+            // concurrent registrations with one email cannot both succeed.
             if self
                 .partner_email_taken(&ctx.tenant, &new.profile.contact_email, None)
                 .await?
@@ -662,10 +678,22 @@ impl PartnerStore for DynamoStore {
             for k in ["subscribedPackages", "publishedPackages"] {
                 item.insert(k.to_owned(), AttributeValue::L(Vec::new()));
             }
-            if !self.put_new(&self.tables.partners, item).await? {
-                return Err(duplicate("id"));
+            let sid = rec.partner.id.to_string();
+            let claim = self.email_claim(&ctx.tenant, &rec.partner.profile.contact_email, &sid);
+            let items = vec![
+                super::assets::put_new_item(&self.tables.partners, item)?,
+                claim.take()?,
+            ];
+            for _ in 0..ATTEMPTS {
+                match self.transact_once(items.clone()).await? {
+                    None => return Ok(rec.partner),
+                    Some(0) => return Err(duplicate("id")),
+                    Some(_) if self.claim_taken(&claim).await? => return Err(email_taken()),
+                    // A stale claim, dropped: again.
+                    Some(_) => {}
+                }
             }
-            Ok(rec.partner)
+            Err(kept_changing())
         })
         .await
     }
@@ -695,16 +723,38 @@ impl PartnerStore for DynamoStore {
                 p.version += 1;
                 p.updated_at = super::item::now();
                 p.updated_by = Some(ctx.actor.as_str().to_owned());
-                // As in register: checked before the write, so not race-free.
-                if p.profile.contact_email != old_email
-                    && self
-                        .partner_email_taken(&ctx.tenant, &p.profile.contact_email, Some(id))
-                        .await?
+                if p.profile.contact_email == old_email {
+                    if self.write_partner(&rec, &read, read_version).await? {
+                        return Ok(rec.partner);
+                    }
+                    continue;
+                }
+                // A new email, as in register: checked, claimed, and the old one
+                // released, with the write.
+                if self
+                    .partner_email_taken(&ctx.tenant, &p.profile.contact_email, Some(id))
+                    .await?
                 {
                     return Err(email_taken());
                 }
-                if self.write_partner(&rec, &read, read_version).await? {
+                let sid = id.to_string();
+                let new_email = p.profile.contact_email.clone();
+                let claim = self.email_claim(&ctx.tenant, &new_email, &sid);
+                let old = self.email_claim(&ctx.tenant, &old_email, &sid);
+                let mut w = overwrite(&rec, Expect::Version(read_version))?;
+                keep_legacy_in_overwrite(&mut w, &read);
+                let items = vec![
+                    claim.take()?,
+                    w.transact_item(&self.tables.partners)?,
+                    old.release()?,
+                ];
+                let Some(codes) = self.transact(items).await? else {
                     return Ok(rec.partner);
+                };
+                if codes.first().is_some_and(|c| c == "ConditionalCheckFailed")
+                    && self.claim_taken(&claim).await?
+                {
+                    return Err(email_taken());
                 }
             }
             Err(kept_changing())
