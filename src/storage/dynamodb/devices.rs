@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::assets::{check_item, keeps_changing, not_found_as, put_new_item};
-use super::{DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, s};
+use super::{Claim, DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, s};
 use super::{bad_cursor, check_version};
 use crate::domain::device::{
     ConnectivityStatus, Credentials, Device, DeviceFilter, DevicePatch, DeviceSpecs, DeviceType,
@@ -237,19 +237,14 @@ impl DynamoStore {
         Ok(found)
     }
 
-    /// The claim of `serial` in `tenant` by device `owner`.
-    fn serial_claim<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        serial: &'a str,
-        owner: &'a str,
-    ) -> super::Claim<'a> {
+    /// The claim of `serial` in tenant `t` by device `owner`.
+    fn serial_claim<'a>(&'a self, t: &'a TenantId, serial: &'a str, owner: &'a str) -> Claim<'a> {
         let guarded = (
             "device-serial",
             self.tables.devices.as_str(),
             "serialNumber",
         );
-        super::Claim::new(&self.tables, tenant.as_str(), guarded, serial, owner)
+        Claim::new(&self.tables, t.as_str(), guarded, serial, owner)
     }
 
     /// Read, change, write conditional on the version read; retried when another

@@ -21,7 +21,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query};
+use super::{Claim, DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query};
 use super::{bad_cursor, check_version};
 use crate::domain::partner::{
     ApiKey, CredentialStatus, LifecycleAction, NewApiKey, NewOAuthClient, NewPartner, NewWebhook,
@@ -600,23 +600,18 @@ impl DynamoStore {
         Err(kept_changing())
     }
 
-    /// True when a partner of the tenant other than `except` has `email` as its
-    /// contact email (a base-table query with a filter, following every page).
-    /// The claim of `email` (a partner's `contactEmail`) in `tenant` by partner `owner`.
-    fn email_claim<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        email: &'a str,
-        owner: &'a str,
-    ) -> super::Claim<'a> {
+    /// The claim of `email` (a partner's `contactEmail`) in tenant `t` by partner `owner`.
+    fn email_claim<'a>(&'a self, t: &'a TenantId, email: &'a str, owner: &'a str) -> Claim<'a> {
         let guarded = (
             "partner-email",
             self.tables.partners.as_str(),
             "contactEmail",
         );
-        super::Claim::new(&self.tables, tenant.as_str(), guarded, email, owner)
+        Claim::new(&self.tables, t.as_str(), guarded, email, owner)
     }
 
+    /// True when a partner of the tenant other than `except` has `email` as its
+    /// contact email (a base-table query with a filter, following every page).
     async fn partner_email_taken(
         &self,
         tenant: &TenantId,
