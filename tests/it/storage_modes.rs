@@ -1019,3 +1019,87 @@ async fn dynamodb_partner_emails_stay_unique_under_concurrent_writes() {
         .await
         .expect_err("the e-mail moved to is taken");
 }
+
+/// DynamoDB authoritative: asset codes are unique per customer. Of concurrent creates
+/// of one code in one customer exactly one wins (claimed with the item), another
+/// customer may hold the same code, a move into a customer holding a moved code is
+/// refused, and a delete frees the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_asset_codes_stay_unique_per_customer() {
+    let s = ModeServer::start(StorageMode::Dynamodb).await;
+    let customer = |name: &'static str| {
+        let mut customers = s.customers();
+        async move {
+            customers
+                .create_customer(req(
+                    "tenant-a",
+                    pb::CreateCustomerRequest {
+                        customer: Some(pb::Customer {
+                            name: name.into(),
+                            r#type: pb::CustomerType::Company as i32,
+                            ..Default::default()
+                        }),
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let (c1, c2) = (customer("One").await, customer("Two").await);
+    let create = |customer_id: String, name: String| {
+        let mut assets = s.assets();
+        async move {
+            assets
+                .create_asset(req(
+                    "tenant-a",
+                    pb::CreateAssetRequest {
+                        asset: Some(pb::Asset {
+                            customer_id,
+                            name,
+                            code: Some("BLD-1".into()),
+                            r#type: pb::AssetType::Building as i32,
+                            ..Default::default()
+                        }),
+                    },
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let made =
+        futures::future::join_all((0..4).map(|i| create(c1.id.clone(), format!("B{i}")))).await;
+    let first = one_winner(made);
+    let other = create(c2.id.clone(), "Elsewhere".into())
+        .await
+        .expect("another customer may hold the same code");
+
+    let moved = s
+        .assets()
+        .move_asset(req(
+            "tenant-a",
+            pb::MoveAssetRequest {
+                id: other.id.clone(),
+                destination: Some(pb::move_asset_request::Destination::ToRoot(true)),
+                new_customer_id: Some(c1.id.clone()),
+                expected_version: None,
+            },
+        ))
+        .await;
+    let e = moved.expect_err("the destination customer holds the code");
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+
+    s.assets()
+        .delete_asset(req(
+            "tenant-a",
+            pb::DeleteAssetRequest {
+                id: first.id.clone(),
+                expected_version: None,
+            },
+        ))
+        .await
+        .expect("delete");
+    create(c1.id.clone(), "Replacement".into())
+        .await
+        .expect("the code is free again after the delete");
+}

@@ -345,7 +345,7 @@ impl DynamoStore {
         super::Claim::new(
             &self.tables,
             tenant.as_str(),
-            (what, records, "key"),
+            (what, records, &["key"]),
             key,
             owner,
         )

@@ -5,6 +5,13 @@
 //! an index orders items only by its own key, so every page reads that customer's
 //! assets (never the whole tenant). Descendants and trees page through `gsi-path` in
 //! path order.
+//!
+//! Codes are unique per customer: a create or a code change checks `gsi-customer`
+//! (legacy items carry no claim) and claims `<customer>#<code>` in the unique-keys
+//! table in the same transaction as the write; a delete releases it. A move to
+//! another customer checks the destination's codes but does not claim them (a
+//! subtree's claims would triple its transaction items): the moved assets' old
+//! claims turn stale, and are dropped by the next writer that wants those values.
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,8 +21,8 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use super::{
-    DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, cancellation_codes, n, s,
-    sdk_error,
+    Claim, DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, cancellation_codes,
+    n, s, sdk_error,
 };
 use super::{bad_cursor, check_version, first_free_code};
 use crate::domain::asset::{
@@ -390,10 +397,34 @@ impl DynamoStore {
 /// only together with checks that the customer still exists and the parent still has
 /// the customer and path read (so a concurrent move of the parent cannot leave the new
 /// asset with a stale path). `Ok(false)` when a check failed (read again and retry).
+/// The value of an asset code's claim: codes are unique per customer.
+fn code_value(customer: CustomerId, code: &str) -> String {
+    format!("{customer}#{code}")
+}
+
+impl DynamoStore {
+    /// The claim of `value` ([`code_value`]) in tenant `t` by asset `owner`.
+    fn asset_code_claim<'a>(
+        &'a self,
+        t: &'a TenantId,
+        value: &'a str,
+        owner: &'a str,
+    ) -> Claim<'a> {
+        let attrs: &[&str] = &["customerId", "code"];
+        let guarded: super::Guarded = ("asset-code", self.tables.assets.as_str(), attrs);
+        Claim::new(&self.tables, t.as_str(), guarded, value, owner)
+    }
+}
+
+/// Puts a new asset with the checks that its customer and parent still are, and the
+/// claim of its code. `Ok(false)` when something changed (read again and retry),
+/// including a generated code claimed meanwhile by another asset; a code the caller
+/// gave that another asset holds is ASSET_CODE_EXISTS.
 async fn put_asset(
     store: &DynamoStore,
     asset: &Asset,
     parent: Option<&Asset>,
+    code_given: bool,
 ) -> StoreResult<bool> {
     let t = asset.tenant_id.as_str();
     let mut items = vec![check_item(
@@ -407,12 +438,21 @@ async fn put_asset(
     }
     let put_index = items.len();
     items.push(put_new_item(&store.tables.assets, to_item(asset)?)?);
+    let (value, sid) = (
+        code_value(asset.customer_id, &asset.code),
+        asset.id.to_string(),
+    );
+    let claim = store.asset_code_claim(&asset.tenant_id, &value, &sid);
+    items.push(claim.take()?);
     match store.transact_once(items).await? {
         None => Ok(true),
         Some(i) if i == put_index => Err(StoreError::AlreadyExists {
             reason: "ASSET_EXISTS",
             field: "asset.id",
         }),
+        Some(i) if i == put_index + 1 && code_given && store.claim_taken(&claim).await? => {
+            Err(code_taken())
+        }
         Some(_) => Ok(false),
     }
 }
@@ -447,10 +487,10 @@ impl AssetStore for DynamoStore {
                     parent.as_ref().map(|p| (p.path.as_str(), p.depth)),
                     new.id,
                 );
-                // Legacy never checked codes; uniqueness (per customer) is checked here
-                // before the write, so two concurrent creates of one code can both
-                // succeed (PostgreSQL, when it is written too, refuses the second and
-                // the divergence is recorded).
+                // Legacy never checked codes. Uniqueness per customer: checked through
+                // gsi-customer (legacy items have no claim), then claimed in the
+                // unique-keys table with the put, so two concurrent creates of one code
+                // cannot both succeed.
                 let code = match &new.code {
                     Some(code) => {
                         if !self
@@ -496,7 +536,7 @@ impl AssetStore for DynamoStore {
                     created_by: ctx.actor.as_str().to_owned(),
                     updated_by: None,
                 };
-                if put_asset(self, &asset, parent.as_ref()).await? {
+                if put_asset(self, &asset, parent.as_ref(), new.code.is_some()).await? {
                     return Ok(asset);
                 }
             }
@@ -544,18 +584,39 @@ impl AssetStore for DynamoStore {
                 patch
                     .clone()
                     .apply(&mut asset, &ctx.actor, super::item::now());
-                if asset.code != old_code
-                    && self
-                        .assets_with_code(&ctx.tenant, asset.customer_id, &asset.code)
-                        .await?
-                        .iter()
-                        .any(|other| other.id != id)
+                let w = overwrite(&asset, Expect::Version(read_version))?;
+                if asset.code == old_code {
+                    if self.overwrite(&self.tables.assets, w).await? {
+                        return Ok(asset);
+                    }
+                    continue;
+                }
+                // A new code: checked, claimed, and the old one released, with the write.
+                if self
+                    .assets_with_code(&ctx.tenant, asset.customer_id, &asset.code)
+                    .await?
+                    .iter()
+                    .any(|other| other.id != id)
                 {
                     return Err(code_taken());
                 }
-                let w = overwrite(&asset, Expect::Version(read_version))?;
-                if self.overwrite(&self.tables.assets, w).await? {
+                let sid = id.to_string();
+                let new_value = code_value(asset.customer_id, &asset.code);
+                let old_value = code_value(asset.customer_id, &old_code);
+                let claim = self.asset_code_claim(&ctx.tenant, &new_value, &sid);
+                let old = self.asset_code_claim(&ctx.tenant, &old_value, &sid);
+                let items = vec![
+                    claim.take()?,
+                    w.transact_item(&self.tables.assets)?,
+                    old.release()?,
+                ];
+                let Some(codes) = self.transact(items).await? else {
                     return Ok(asset);
+                };
+                if codes.first().is_some_and(|c| c == "ConditionalCheckFailed")
+                    && self.claim_taken(&claim).await?
+                {
+                    return Err(code_taken());
                 }
             }
             Err(keeps_changing("asset"))
@@ -595,10 +656,13 @@ impl AssetStore for DynamoStore {
                         message: "the asset has devices; move or delete them first".into(),
                     });
                 }
-                if self
-                    .delete_versioned(&self.tables.assets, t, &sid, asset.version)
-                    .await?
-                {
+                // The delete and the release of its code's claim, together.
+                let value = code_value(asset.customer_id, &asset.code);
+                let items = vec![
+                    Self::delete_versioned_item(&self.tables.assets, t, &sid, asset.version)?,
+                    self.asset_code_claim(tenant, &value, &sid).release()?,
+                ];
+                if self.transact(items).await?.is_none() {
                     return Ok(());
                 }
             }
@@ -834,6 +898,30 @@ impl AssetStore for DynamoStore {
                     usize::MAX,
                 )
                 .await?;
+            // Codes are unique per customer: a move into a customer that already has
+            // one of the moved codes is refused, as PostgreSQL's constraint refuses it.
+            // Checked, not claimed (module doc).
+            if customer_changes {
+                let q = Query::index_eq(
+                    table,
+                    "gsi-customer",
+                    ctx.tenant.as_str(),
+                    "customerId",
+                    &customer.to_string(),
+                );
+                let held: HashSet<String> = self
+                    .query(&q, usize::MAX)
+                    .await?
+                    .iter()
+                    .filter_map(|i| i.get("code").and_then(|v| v.as_s().ok()).cloned())
+                    .collect();
+                if std::iter::once(&node.code)
+                    .chain(descendants.iter().map(|d| &d.code))
+                    .any(|c| held.contains(c))
+                {
+                    return Err(code_taken());
+                }
+            }
             // The devices of every moved asset, the node's last, when they change
             // customer.
             let mut devices: Vec<Vec<Device>> = if customer_changes {

@@ -190,7 +190,7 @@ impl DynamoStore {
 impl DynamoStore {
     /// The claim of `code` in `tenant` by customer `owner`.
     fn code_claim<'a>(&'a self, tenant: &'a TenantId, code: &'a str, owner: &'a str) -> Claim<'a> {
-        let guarded = ("customer-code", self.tables.customers.as_str(), "code");
+        let guarded: super::Guarded = ("customer-code", self.tables.customers.as_str(), &["code"]);
         Claim::new(&self.tables, tenant.as_str(), guarded, code, owner)
     }
 }

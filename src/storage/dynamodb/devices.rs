@@ -239,10 +239,10 @@ impl DynamoStore {
 
     /// The claim of `serial` in tenant `t` by device `owner`.
     fn serial_claim<'a>(&'a self, t: &'a TenantId, serial: &'a str, owner: &'a str) -> Claim<'a> {
-        let guarded = (
+        let guarded: super::Guarded = (
             "device-serial",
             self.tables.devices.as_str(),
-            "serialNumber",
+            &["serialNumber"],
         );
         Claim::new(&self.tables, t.as_str(), guarded, serial, owner)
     }

@@ -345,18 +345,23 @@ struct Claim<'a> {
     what: &'static str,
     value: &'a str,
     owner: &'a str,
-    /// The table of the records holding the value, and the attribute holding it.
+    /// The table of the records holding the value, and the attributes holding it
+    /// (several: the value is theirs joined with `#`, as an asset's customer and code).
     records: &'a str,
-    attr: &'static str,
+    attrs: &'static [&'static str],
 }
 
+/// What a claim guards: its name, the table of the records holding the value, and
+/// the attributes holding it.
+type Guarded<'a> = (&'static str, &'a str, &'static [&'static str]);
+
 impl<'a> Claim<'a> {
-    /// The claim of `value` (`what`, held in `attr` of the `records` table) in
+    /// The claim of `value` (`what`, held in `attrs` of the `records` table) in
     /// `tenant` by record `owner`.
     fn new(
         tables: &'a TableNames,
         tenant: &'a str,
-        (what, records, attr): (&'static str, &'a str, &'static str),
+        (what, records, attrs): Guarded<'a>,
         value: &'a str,
         owner: &'a str,
     ) -> Self {
@@ -367,7 +372,7 @@ impl<'a> Claim<'a> {
             value,
             owner,
             records,
-            attr,
+            attrs,
         }
     }
 
@@ -432,7 +437,14 @@ impl DynamoStore {
         let held = self
             .get_item(claim.records, claim.tenant, &owner)
             .await?
-            .and_then(|i| i.get(claim.attr).and_then(|v| v.as_s().ok()).cloned());
+            .and_then(|i| {
+                let parts: Option<Vec<&str>> = claim
+                    .attrs
+                    .iter()
+                    .map(|a| i.get(*a).and_then(|v| v.as_s().ok()).map(String::as_str))
+                    .collect();
+                parts.map(|p| p.join("#"))
+            });
         if held.as_deref() == Some(claim.value) {
             return Ok(true);
         }

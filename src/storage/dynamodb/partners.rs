@@ -602,10 +602,10 @@ impl DynamoStore {
 
     /// The claim of `email` (a partner's `contactEmail`) in tenant `t` by partner `owner`.
     fn email_claim<'a>(&'a self, t: &'a TenantId, email: &'a str, owner: &'a str) -> Claim<'a> {
-        let guarded = (
+        let guarded: super::Guarded = (
             "partner-email",
             self.tables.partners.as_str(),
-            "contactEmail",
+            &["contactEmail"],
         );
         Claim::new(&self.tables, t.as_str(), guarded, email, owner)
     }
