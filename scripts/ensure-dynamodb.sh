@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure a DynamoDB wire-protocol server (moto) answers at $GCDR_TEST_DYNAMODB_URL
 # (default http://127.0.0.1:8765): installs moto[server] into a virtualenv under
-# .cache/ when no moto_server is on PATH, starts it in the background, waits for it.
+# .cache/ when this machine's Python has no moto, starts it in the background through
+# scripts/moto-server.py (one request at a time), waits for it. A moto already
+# answering there is reused (and reset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,20 +15,23 @@ if curl -s -o /dev/null -X POST "$url/moto-api/reset"; then
   exit 0
 fi
 
-moto="$(command -v moto_server || true)"
-if [ -z "$moto" ] || ! "$moto" --help >/dev/null 2>&1; then
+# The Python that has moto: this machine's, or a virtualenv's made for it.
+py=python3
+if ! "$py" -c 'import moto.server' >/dev/null 2>&1; then
   venv=.cache/moto-venv
   if [ ! -x "$venv/bin/moto_server" ]; then
     echo "ensure-dynamodb: installing moto[server] into $venv (~25 s)"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet 'moto[server]>=5,<6'
   fi
-  moto="$venv/bin/moto_server"
+  py="$venv/bin/python"
 fi
 
 mkdir -p .cache
-echo "ensure-dynamodb: starting $moto on 127.0.0.1:$port"
-nohup "$moto" -H 127.0.0.1 -p "$port" > .cache/moto.log 2>&1 &
+# Not moto_server itself: scripts/moto-server.py serves one request at a time, so
+# concurrent transactions are isolated as on DynamoDB (see that file).
+echo "ensure-dynamodb: starting moto (scripts/moto-server.py) on 127.0.0.1:$port"
+nohup "$py" scripts/moto-server.py 127.0.0.1 "$port" > .cache/moto.log 2>&1 &
 for _ in $(seq 1 100); do
   if curl -s -o /dev/null -X POST "$url/moto-api/reset"; then
     echo "ensure-dynamodb: moto answers at $url"
