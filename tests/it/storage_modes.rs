@@ -1103,3 +1103,82 @@ async fn dynamodb_asset_codes_stay_unique_per_customer() {
         .await
         .expect("the code is free again after the delete");
 }
+
+/// DynamoDB authoritative: of concurrent assigns of one (user, role, scope) exactly one
+/// wins (claimed with the item); a revoke frees the triple, and so does the expiry of
+/// the assignment that holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_one_active_assignment_per_user_role_and_scope() {
+    let s = ModeServer::start(StorageMode::Dynamodb).await;
+    let policy = pb::Policy {
+        key: "p_assign".into(),
+        display_name: "P".into(),
+        allow: vec!["identity.users.read".into()],
+        ..Default::default()
+    };
+    s.policies()
+        .create_policy(req(
+            "tenant-a",
+            pb::CreatePolicyRequest {
+                policy: Some(policy),
+            },
+        ))
+        .await
+        .expect("policy");
+    let role = pb::Role {
+        key: "r_assign".into(),
+        display_name: "R".into(),
+        policy_keys: vec!["p_assign".into()],
+        ..Default::default()
+    };
+    s.roles()
+        .create_role(req("tenant-a", pb::CreateRoleRequest { role: Some(role) }))
+        .await
+        .expect("role");
+    let client =
+        || pb::role_assignment_service_client::RoleAssignmentServiceClient::new(s.channel.clone());
+    let assign = |expire_time: Option<prost_types::Timestamp>| {
+        let mut assignments = client();
+        async move {
+            assignments
+                .assign_role(req(
+                    "tenant-a",
+                    pb::AssignRoleRequest {
+                        user_id: "user-1".into(),
+                        role_key: "r_assign".into(),
+                        scope: "customer:C1".into(),
+                        expire_time,
+                        reason: None,
+                    },
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let made = futures::future::join_all((0..4).map(|_| assign(None))).await;
+    let first = one_winner(made);
+
+    client()
+        .revoke_role_assignment(req(
+            "tenant-a",
+            pb::RevokeRoleAssignmentRequest { id: first.id },
+        ))
+        .await
+        .expect("revoke");
+    // Held again, until an expiry two seconds away.
+    let soon = std::time::SystemTime::now() + Duration::from_secs(2);
+    let soon = soon.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let expiring = prost_types::Timestamp {
+        seconds: soon.as_secs() as i64,
+        nanos: soon.subsec_nanos() as i32,
+    };
+    assign(Some(expiring))
+        .await
+        .expect("the triple is free again after the revoke");
+    let e = assign(None).await.expect_err("held by the expiring one");
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assign(None)
+        .await
+        .expect("the triple is free again once its holder expired");
+}

@@ -4,14 +4,13 @@
 //!
 //! Legacy has no relation tables: a role lists its policies by key (`policies`, L of S)
 //! and an assignment names its role by key (`roleKey`). A role or policy key is unique
-//! per tenant: checked through gsi-key (legacy items) and claimed in the unique-keys
-//! table in the same transaction as the put, released with the delete, so two
-//! concurrent creates of one key cannot both succeed. The other rules (one active
-//! assignment per user/role/scope, policies in use) are checked with a query just
-//! before the write, so two concurrent writers can both pass them (two identical
-//! active assignments, a role created on a policy being deleted). Reads tolerate what
-//! such a race, or legacy data, leaves: of several items sharing a key the oldest is
-//! used.
+//! per tenant, and so is the active assignment of a (user, role, scope): checked
+//! through the indexes (legacy items) and claimed in the unique-keys table in the same
+//! transaction as the put, released with the delete or revoke (an assignment's claim
+//! also lapses with its expiry), so two concurrent writers cannot both succeed. The
+//! "in use" rules are checked with a query just before the write, so a role created
+//! on a policy being deleted can slip through. Reads tolerate what such a race, or
+//! legacy data, leaves: of several items sharing a key the oldest is used.
 //!
 //! Lookups by key or user go through GSIs, which lag writes. Where that would matter,
 //! the base table is asked too: an assignment that looks in force is re-read before
@@ -371,6 +370,46 @@ impl DynamoStore {
             }
         }
         Err(keeps_changing("key claim"))
+    }
+}
+
+fn assignment_exists() -> StoreError {
+    StoreError::AlreadyExists {
+        reason: "ASSIGNMENT_EXISTS",
+        field: "role_assignment",
+    }
+}
+
+/// The value of an active assignment's claim: one per user, role and scope (role keys
+/// and scopes cannot contain `#`).
+fn assignment_value(a: &RoleAssignment) -> String {
+    format!("{}#{}#{}", a.user_id, a.role_key, a.scope)
+}
+
+/// Whether an assignment item is in force now (so still holds its claim).
+fn assignment_in_force(item: &Item) -> bool {
+    assignment_from_item(item).is_ok_and(|a| a.in_force(super::item::now()))
+}
+
+impl DynamoStore {
+    /// The claim of `value` ([`assignment_value`]) in tenant `t` by assignment
+    /// `owner`, held while that assignment is in force.
+    fn assignment_claim<'a>(
+        &'a self,
+        t: &'a TenantId,
+        value: &'a str,
+        owner: &'a str,
+    ) -> super::Claim<'a> {
+        let attrs: &[&str] = &["userId", "roleKey", "scope"];
+        let records = self.tables.role_assignments.as_str();
+        super::Claim::new(
+            &self.tables,
+            t.as_str(),
+            ("active-assignment", records, attrs),
+            value,
+            owner,
+        )
+        .while_live(assignment_in_force)
     }
 }
 
@@ -1059,10 +1098,7 @@ impl AssignmentStore for DynamoStore {
                 .await?;
             let same = self.confirm_in_force(&ctx.tenant, same, now).await?;
             if same.iter().any(|a| a.in_force(now)) {
-                return Err(StoreError::AlreadyExists {
-                    reason: "ASSIGNMENT_EXISTS",
-                    field: "role_assignment",
-                });
+                return Err(assignment_exists());
             }
             for mut old in same {
                 if old.status != AssignmentStatus::Active {
@@ -1092,9 +1128,12 @@ impl AssignmentStore for DynamoStore {
                 revoked_at: None,
                 version: 1,
             };
-            if !self.put_new(table, assignment_item(&a, now)).await? {
-                return Err(id_taken("role_assignments"));
-            }
+            // Claimed with the put: of concurrent assigns of one (user, role, scope)
+            // one wins, the others find its claim held by an assignment in force.
+            let (value, sid) = (assignment_value(&a), a.id.to_string());
+            let claim = self.assignment_claim(&ctx.tenant, &value, &sid);
+            self.put_claimed(table, assignment_item(&a, now), &claim, assignment_exists)
+                .await?;
             Ok(a)
         })
         .await
@@ -1125,7 +1164,13 @@ impl AssignmentStore for DynamoStore {
                 a.version += 1;
                 let item = assignment_item(&a, now);
                 let w = Overwrite::new(item, ASSIGNMENT_OPTIONAL, Expect::Version(read_version));
-                if self.overwrite(&self.tables.role_assignments, w).await? {
+                // The revoke and the release of the assignment's claim, together.
+                let (value, sid) = (assignment_value(&a), id.to_string());
+                let items = vec![
+                    w.transact_item(&self.tables.role_assignments)?,
+                    self.assignment_claim(&ctx.tenant, &value, &sid).release()?,
+                ];
+                if self.transact(items).await?.is_none() {
                     return Ok(a);
                 }
             }

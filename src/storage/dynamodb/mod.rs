@@ -349,6 +349,9 @@ struct Claim<'a> {
     /// (several: the value is theirs joined with `#`, as an asset's customer and code).
     records: &'a str,
     attrs: &'static [&'static str],
+    /// Whether the record still counts as holding a value it has (an assignment
+    /// past its expiry or revoked does not); `None`: always.
+    live: Option<fn(&Item) -> bool>,
 }
 
 /// What a claim guards: its name, the table of the records holding the value, and
@@ -373,6 +376,15 @@ impl<'a> Claim<'a> {
             owner,
             records,
             attrs,
+            live: None,
+        }
+    }
+
+    /// The same claim, held only while `live` says so of the holder's item.
+    fn while_live(self, live: fn(&Item) -> bool) -> Self {
+        Self {
+            live: Some(live),
+            ..self
         }
     }
 
@@ -434,17 +446,18 @@ impl DynamoStore {
         else {
             return Ok(false);
         };
-        let held = self
-            .get_item(claim.records, claim.tenant, &owner)
-            .await?
-            .and_then(|i| {
-                let parts: Option<Vec<&str>> = claim
-                    .attrs
-                    .iter()
-                    .map(|a| i.get(*a).and_then(|v| v.as_s().ok()).map(String::as_str))
-                    .collect();
-                parts.map(|p| p.join("#"))
-            });
+        let holder = self.get_item(claim.records, claim.tenant, &owner).await?;
+        let live = holder
+            .as_ref()
+            .is_some_and(|i| claim.live.is_none_or(|live| live(i)));
+        let held = holder.filter(|_| live).and_then(|i| {
+            let parts: Option<Vec<&str>> = claim
+                .attrs
+                .iter()
+                .map(|a| i.get(*a).and_then(|v| v.as_s().ok()).map(String::as_str))
+                .collect();
+            parts.map(|p| p.join("#"))
+        });
         if held.as_deref() == Some(claim.value) {
             return Ok(true);
         }
@@ -602,23 +615,6 @@ impl DynamoStore {
             .set_condition_expression(w.condition)
             .set_expression_attribute_names(Some(w.names))
             .set_expression_attribute_values(Some(w.values))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(sdk_error(e)),
-        }
-    }
-
-    /// Puts a new item; `Ok(false)` when an item with its key exists.
-    async fn put_new(&self, table: &str, item: Item) -> StoreResult<bool> {
-        let result = self
-            .client
-            .put_item()
-            .table_name(table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(id)")
             .send()
             .await;
         match result {
