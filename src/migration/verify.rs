@@ -2,7 +2,8 @@
 //! PostgreSQL.
 //!
 //! For each table in scope the DynamoDB side is read by a parallel Scan (segments
-//! concurrently, page by page; only the keys seen are kept), each page's records are
+//! concurrently, page by page; only a 64-bit hash of each key seen is kept, about 20
+//! bytes a record, where the keys themselves took about 100), each page's records are
 //! loaded from PostgreSQL and compared attribute by attribute in the legacy item form
 //! ([`differing_fields`]). Then the PostgreSQL keys of the table are paged through
 //! (keyset on `(tenant_id, id)`) to find the rows the Scan did not see.
@@ -328,8 +329,10 @@ type TextKey = (String, String);
 
 #[derive(Default)]
 struct RunState {
-    /// Every in-scope key the Scan returned.
-    seen: HashSet<TextKey>,
+    /// The [`key_hash`] of every in-scope key the Scan returned. A PostgreSQL key whose
+    /// hash is missing was certainly not seen; one whose hash collides with a seen key
+    /// (odds about n / 2^64 per extra row) would be missed.
+    seen: HashSet<u64>,
     /// Keys that differed on first reading, with whether their fields are compared.
     suspects: Vec<(TextKey, bool)>,
     /// By tenant.
@@ -510,7 +513,7 @@ impl TableRun<'_> {
                 let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 let none = LedgerEntry::default();
                 for (key, seen, pg) in loaded {
-                    st.seen.insert(key.clone());
+                    st.seen.insert(key_hash(&key));
                     let compare = self.compares(&key);
                     let l = ledger.get(&key).unwrap_or(&none);
                     let verdict = classify(&seen, pg.as_ref(), l, compare);
@@ -572,7 +575,7 @@ impl TableRun<'_> {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             for r in rows {
                 let key = (r.tenant_id, r.id);
-                if !st.seen.contains(&key) {
+                if !st.seen.contains(&key_hash(&key)) {
                     let compare = self.compares(&key);
                     st.suspects.push((key, compare));
                 }
@@ -653,6 +656,11 @@ impl TableRun<'_> {
         }
         Ok((mismatches, state))
     }
+}
+
+/// The hash of a key kept for the PostgreSQL pass.
+fn key_hash((tenant, id): &TextKey) -> u64 {
+    hash64(format!("{tenant}\u{1f}{id}").as_bytes())
 }
 
 fn hash64(bytes: &[u8]) -> u64 {
