@@ -1182,3 +1182,116 @@ async fn dynamodb_one_active_assignment_per_user_role_and_scope() {
         .await
         .expect("the triple is free again once its holder expired");
 }
+
+/// DynamoDB authoritative: a claim left stale by a move (which checks codes but does
+/// not claim them) neither blocks the record that now holds the value nor a new
+/// asset with a generated code: a change or a delete releases only its own claim,
+/// and a stale claim in the way of a create is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_stale_asset_code_claims_block_nothing() {
+    let s = ModeServer::start(StorageMode::Dynamodb).await;
+    let mut ids = Vec::new();
+    for name in ["One", "Two", "Three"] {
+        let c = s
+            .customers()
+            .create_customer(req(
+                "tenant-a",
+                pb::CreateCustomerRequest {
+                    customer: Some(pb::Customer {
+                        name: name.into(),
+                        r#type: pb::CustomerType::Company as i32,
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(c.id);
+    }
+    let (c1, c2, c3) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    let create = |customer_id: String, name: &'static str, code: Option<&'static str>| {
+        let mut assets = s.assets();
+        async move {
+            assets
+                .create_asset(req(
+                    "tenant-a",
+                    pb::CreateAssetRequest {
+                        asset: Some(pb::Asset {
+                            customer_id,
+                            name: name.into(),
+                            code: code.map(str::to_owned),
+                            r#type: pb::AssetType::Building as i32,
+                            ..Default::default()
+                        }),
+                    },
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let to_root_of = |id: String, customer: String| {
+        let mut assets = s.assets();
+        async move {
+            assets
+                .move_asset(req(
+                    "tenant-a",
+                    pb::MoveAssetRequest {
+                        id,
+                        destination: Some(pb::move_asset_request::Destination::ToRoot(true)),
+                        new_customer_id: Some(customer),
+                        expected_version: None,
+                    },
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    // D leaves its claim on (Two, X) behind; A moves into Two holding X unclaimed.
+    let d = create(c2.clone(), "D", Some("X")).await.expect("d");
+    let a = create(c1.clone(), "A", Some("X")).await.expect("a");
+    to_root_of(d.id.clone(), c3.clone()).await.expect("move d");
+    to_root_of(a.id.clone(), c2.clone()).await.expect("move a");
+    let recoded = s
+        .assets()
+        .update_asset(req(
+            "tenant-a",
+            pb::UpdateAssetRequest {
+                id: a.id.clone(),
+                asset: Some(pb::Asset {
+                    code: Some("Y".into()),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["code".into()],
+                }),
+                expected_version: None,
+            },
+        ))
+        .await
+        .expect("a code change does not need the old value's claim to be its own");
+    assert_eq!(recoded.into_inner().code.as_deref(), Some("Y"));
+    s.assets()
+        .delete_asset(req(
+            "tenant-a",
+            pb::DeleteAssetRequest {
+                id: a.id.clone(),
+                expected_version: None,
+            },
+        ))
+        .await
+        .expect("delete");
+    create(c2.clone(), "Again", Some("X"))
+        .await
+        .expect("D's stale claim on (Two, X) is dropped");
+
+    // A generated code whose claim went stale with a move is generated again.
+    let pump = create(c1.clone(), "Pump", None).await.expect("pump");
+    to_root_of(pump.id.clone(), c3.clone())
+        .await
+        .expect("move pump");
+    let again = create(c1.clone(), "Pump", None)
+        .await
+        .expect("a stale claim on a generated code blocks nothing");
+    assert_eq!(again.code, pump.code);
+}

@@ -380,10 +380,10 @@ fn assignment_exists() -> StoreError {
     }
 }
 
-/// The value of an active assignment's claim: one per user, role and scope (role keys
-/// and scopes cannot contain `#`).
+/// The value of an active assignment's claim: one per role, scope and user (role keys
+/// and scopes cannot contain whitespace, so the user, which can, goes last).
 fn assignment_value(a: &RoleAssignment) -> String {
-    format!("{}#{}#{}", a.user_id, a.role_key, a.scope)
+    super::Claim::value(&[&a.role_key, &a.scope, &a.user_id])
 }
 
 /// Whether an assignment item is in force now (so still holds its claim).
@@ -400,7 +400,7 @@ impl DynamoStore {
         value: &'a str,
         owner: &'a str,
     ) -> super::Claim<'a> {
-        let attrs: &[&str] = &["userId", "roleKey", "scope"];
+        let attrs: &[&str] = &["roleKey", "scope", "userId"];
         let records = self.tables.role_assignments.as_str();
         super::Claim::new(
             &self.tables,
@@ -836,11 +836,14 @@ impl PolicyStore for DynamoStore {
                 // The delete and the release of the key's claim, together.
                 let sid = id.to_string();
                 let table = &self.tables.policies;
-                let items = vec![
-                    Self::delete_versioned_item(table, tenant.as_str(), &sid, p.version)?,
-                    self.key_claim(table, "policy-key", tenant, &p.key, &sid)
-                        .release()?,
-                ];
+                let mut items = vec![Self::delete_versioned_item(
+                    table,
+                    tenant.as_str(),
+                    &sid,
+                    p.version,
+                )?];
+                let old = self.key_claim(table, "policy-key", tenant, &p.key, &sid);
+                items.extend(self.releases(&old).await?);
                 if self.transact(items).await?.is_none() {
                     return Ok(());
                 }
@@ -1011,11 +1014,9 @@ impl RoleStore for DynamoStore {
                 // The delete and the release of the key's claim, together.
                 let sid = id.to_string();
                 let table = &self.tables.roles;
-                let items = vec![
-                    Self::delete_versioned_item(table, t, &sid, r.version)?,
-                    self.key_claim(table, "role-key", tenant, &r.key, &sid)
-                        .release()?,
-                ];
+                let mut items = vec![Self::delete_versioned_item(table, t, &sid, r.version)?];
+                let old = self.key_claim(table, "role-key", tenant, &r.key, &sid);
+                items.extend(self.releases(&old).await?);
                 if self.transact(items).await?.is_some() {
                     continue;
                 }
@@ -1073,10 +1074,9 @@ impl RoleStore for DynamoStore {
 impl AssignmentStore for DynamoStore {
     /// The role must exist; an assignment of the same user, role and scope in force
     /// refuses the call, and one active but past its expiry is marked `expired` first
-    /// (as PostgreSQL). The check and the put are separate requests: two concurrent
-    /// identical calls can both store an active assignment (ids are chosen above the
-    /// store, so no deterministic key can collide them). Authorization is unaffected
-    /// (both grant the same); a revoke then leaves the other in force.
+    /// (as PostgreSQL). The put claims the (role, scope, user) in the same
+    /// transaction, so of two concurrent identical calls one fails with
+    /// ASSIGNMENT_EXISTS (module doc).
     async fn assign(&self, ctx: &Ctx, new: NewAssignment) -> StoreResult<RoleAssignment> {
         self.timed("assignments.assign", async {
             let table = &self.tables.role_assignments;
@@ -1166,10 +1166,9 @@ impl AssignmentStore for DynamoStore {
                 let w = Overwrite::new(item, ASSIGNMENT_OPTIONAL, Expect::Version(read_version));
                 // The revoke and the release of the assignment's claim, together.
                 let (value, sid) = (assignment_value(&a), id.to_string());
-                let items = vec![
-                    w.transact_item(&self.tables.role_assignments)?,
-                    self.assignment_claim(&ctx.tenant, &value, &sid).release()?,
-                ];
+                let mut items = vec![w.transact_item(&self.tables.role_assignments)?];
+                let old = self.assignment_claim(&ctx.tenant, &value, &sid);
+                items.extend(self.releases(&old).await?);
                 if self.transact(items).await?.is_none() {
                     return Ok(a);
                 }

@@ -301,6 +301,7 @@ impl DynamoStore {
         tenant: &TenantId,
         customer: CustomerId,
         base: &str,
+        lost: &[String],
     ) -> StoreResult<String> {
         let mut q = Query::index_eq(
             &self.tables.assets,
@@ -314,7 +315,7 @@ impl DynamoStore {
             &[("#code", "code")],
             vec![(":base", s(base))],
         );
-        let taken: Vec<String> = self
+        let mut taken: Vec<String> = self
             .query(&q, usize::MAX)
             .await?
             .iter()
@@ -323,6 +324,7 @@ impl DynamoStore {
                 _ => None,
             })
             .collect();
+        taken.extend(lost.iter().cloned());
         Ok(first_free_code(base, &taken))
     }
 
@@ -399,7 +401,7 @@ impl DynamoStore {
 /// asset with a stale path). `Ok(false)` when a check failed (read again and retry).
 /// The value of an asset code's claim: codes are unique per customer.
 fn code_value(customer: CustomerId, code: &str) -> String {
-    format!("{customer}#{code}")
+    Claim::value(&[&customer.to_string(), code])
 }
 
 impl DynamoStore {
@@ -416,16 +418,22 @@ impl DynamoStore {
     }
 }
 
+/// What putting a new asset came to.
+enum Placed {
+    Done,
+    /// Its code is claimed by another asset.
+    CodeTaken,
+    /// The customer or parent changed, or a stale claim was dropped: read again.
+    Changed,
+}
+
 /// Puts a new asset with the checks that its customer and parent still are, and the
-/// claim of its code. `Ok(false)` when something changed (read again and retry),
-/// including a generated code claimed meanwhile by another asset; a code the caller
-/// gave that another asset holds is ASSET_CODE_EXISTS.
+/// claim of its code.
 async fn put_asset(
     store: &DynamoStore,
     asset: &Asset,
     parent: Option<&Asset>,
-    code_given: bool,
-) -> StoreResult<bool> {
+) -> StoreResult<Placed> {
     let t = asset.tenant_id.as_str();
     let mut items = vec![check_item(
         &store.tables.customers,
@@ -445,15 +453,13 @@ async fn put_asset(
     let claim = store.asset_code_claim(&asset.tenant_id, &value, &sid);
     items.push(claim.take()?);
     match store.transact_once(items).await? {
-        None => Ok(true),
+        None => Ok(Placed::Done),
         Some(i) if i == put_index => Err(StoreError::AlreadyExists {
             reason: "ASSET_EXISTS",
             field: "asset.id",
         }),
-        Some(i) if i == put_index + 1 && code_given && store.claim_taken(&claim).await? => {
-            Err(code_taken())
-        }
-        Some(_) => Ok(false),
+        Some(i) if i == put_index + 1 && store.claim_taken(&claim).await? => Ok(Placed::CodeTaken),
+        Some(_) => Ok(Placed::Changed),
     }
 }
 
@@ -461,6 +467,7 @@ async fn put_asset(
 impl AssetStore for DynamoStore {
     async fn create(&self, ctx: &Ctx, new: NewAsset) -> StoreResult<Asset> {
         self.timed("assets.create", async {
+            let mut lost: Vec<String> = Vec::new();
             for _ in 0..ATTEMPTS {
                 if !self
                     .asset_customer_exists(&ctx.tenant, new.customer_id)
@@ -507,6 +514,7 @@ impl AssetStore for DynamoStore {
                             &ctx.tenant,
                             new.customer_id,
                             &generate_code(&new.name),
+                            &lost,
                         )
                         .await?
                     }
@@ -536,8 +544,13 @@ impl AssetStore for DynamoStore {
                     created_by: ctx.actor.as_str().to_owned(),
                     updated_by: None,
                 };
-                if put_asset(self, &asset, parent.as_ref(), new.code.is_some()).await? {
-                    return Ok(asset);
+                match put_asset(self, &asset, parent.as_ref()).await? {
+                    Placed::Done => return Ok(asset),
+                    Placed::CodeTaken if new.code.is_some() => return Err(code_taken()),
+                    // A generated code another asset holds (its item not yet in the
+                    // index): the next attempt generates past it.
+                    Placed::CodeTaken => lost.push(asset.code),
+                    Placed::Changed => {}
                 }
             }
             Err(keeps_changing("parent asset"))
@@ -605,11 +618,8 @@ impl AssetStore for DynamoStore {
                 let old_value = code_value(asset.customer_id, &old_code);
                 let claim = self.asset_code_claim(&ctx.tenant, &new_value, &sid);
                 let old = self.asset_code_claim(&ctx.tenant, &old_value, &sid);
-                let items = vec![
-                    claim.take()?,
-                    w.transact_item(&self.tables.assets)?,
-                    old.release()?,
-                ];
+                let mut items = vec![claim.take()?, w.transact_item(&self.tables.assets)?];
+                items.extend(self.releases(&old).await?);
                 let Some(codes) = self.transact(items).await? else {
                     return Ok(asset);
                 };
@@ -658,10 +668,14 @@ impl AssetStore for DynamoStore {
                 }
                 // The delete and the release of its code's claim, together.
                 let value = code_value(asset.customer_id, &asset.code);
-                let items = vec![
-                    Self::delete_versioned_item(&self.tables.assets, t, &sid, asset.version)?,
-                    self.asset_code_claim(tenant, &value, &sid).release()?,
-                ];
+                let mut items = vec![Self::delete_versioned_item(
+                    &self.tables.assets,
+                    t,
+                    &sid,
+                    asset.version,
+                )?];
+                let old = self.asset_code_claim(tenant, &value, &sid);
+                items.extend(self.releases(&old).await?);
                 if self.transact(items).await?.is_none() {
                     return Ok(());
                 }

@@ -362,11 +362,8 @@ impl CustomerStore for DynamoStore {
                 }
                 let claim = self.code_claim(&ctx.tenant, &customer.code, &sid);
                 let old = self.code_claim(&ctx.tenant, &old_code, &sid);
-                let items = vec![
-                    claim.take()?,
-                    w.transact_item(&self.tables.customers)?,
-                    old.release()?,
-                ];
+                let mut items = vec![claim.take()?, w.transact_item(&self.tables.customers)?];
+                items.extend(self.releases(&old).await?);
                 let Some(codes) = self.transact(items).await? else {
                     return Ok(customer);
                 };
@@ -421,10 +418,14 @@ impl CustomerStore for DynamoStore {
                     });
                 }
                 // The delete and the release of its code claim, together.
-                let items = vec![
-                    Self::delete_versioned_item(&self.tables.customers, t, &sid, customer.version)?,
-                    self.code_claim(tenant, &customer.code, &sid).release()?,
-                ];
+                let mut items = vec![Self::delete_versioned_item(
+                    &self.tables.customers,
+                    t,
+                    &sid,
+                    customer.version,
+                )?];
+                let old = self.code_claim(tenant, &customer.code, &sid);
+                items.extend(self.releases(&old).await?);
                 if self.transact(items).await?.is_none() {
                     return Ok(());
                 }

@@ -392,16 +392,14 @@ impl DeviceStore for DynamoStore {
                 check_version(expected, device.version)?;
                 // The delete and the release of its serial claim, together.
                 let sid = id.to_string();
-                let items = vec![
-                    Self::delete_versioned_item(
-                        &self.tables.devices,
-                        tenant.as_str(),
-                        &sid,
-                        device.version,
-                    )?,
-                    self.serial_claim(tenant, &device.serial_number, &sid)
-                        .release()?,
-                ];
+                let mut items = vec![Self::delete_versioned_item(
+                    &self.tables.devices,
+                    tenant.as_str(),
+                    &sid,
+                    device.version,
+                )?];
+                let claim = self.serial_claim(tenant, &device.serial_number, &sid);
+                items.extend(self.releases(&claim).await?);
                 if self.transact(items).await?.is_none() {
                     return Ok(());
                 }

@@ -346,7 +346,8 @@ struct Claim<'a> {
     value: &'a str,
     owner: &'a str,
     /// The table of the records holding the value, and the attributes holding it
-    /// (several: the value is theirs joined with `#`, as an asset's customer and code).
+    /// (several: the value is theirs joined by [`Claim::value`], as an asset's customer
+    /// and code).
     records: &'a str,
     attrs: &'static [&'static str],
     /// Whether the record still counts as holding a value it has (an assignment
@@ -359,6 +360,13 @@ struct Claim<'a> {
 type Guarded<'a> = (&'static str, &'a str, &'static [&'static str]);
 
 impl<'a> Claim<'a> {
+    /// A value made of several attributes, joined with a space. Every part but the
+    /// last cannot contain whitespace (a UUID, a role key, a scope), so no two
+    /// different tuples make one value.
+    fn value(parts: &[&str]) -> String {
+        parts.join(" ")
+    }
+
     /// The claim of `value` (`what`, held in `attrs` of the `records` table) in
     /// `tenant` by record `owner`.
     fn new(
@@ -409,7 +417,8 @@ impl<'a> Claim<'a> {
             .build())
     }
 
-    /// Gives the value up (nothing to do when `owner` does not hold it).
+    /// Gives the value up, as a transaction item conditional on `owner` holding it;
+    /// see [`DynamoStore::releases`].
     fn release(&self) -> StoreResult<aws_sdk_dynamodb::types::TransactWriteItem> {
         let delete = aws_sdk_dynamodb::types::Delete::builder()
             .table_name(self.table)
@@ -426,6 +435,35 @@ impl<'a> Claim<'a> {
 }
 
 impl DynamoStore {
+    /// The items that release `claim` with a write: its conditional delete when its
+    /// owner holds it, nothing when the claim is absent (a legacy record, or one
+    /// written by replication) or another record's (this one's stale claim, taken
+    /// over). A release conditioned on an owner it does not have would cancel the
+    /// whole write for good; if the claim changes hands between this read and the
+    /// write, the write is cancelled and retried, reading it again.
+    async fn releases(
+        &self,
+        claim: &Claim<'_>,
+    ) -> StoreResult<Vec<aws_sdk_dynamodb::types::TransactWriteItem>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(claim.table)
+            .set_key(Some(claim.key()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        let owner = out
+            .item
+            .and_then(|i| i.get("owner").and_then(|o| o.as_s().ok()).cloned());
+        if owner.as_deref() == Some(claim.owner) {
+            Ok(vec![claim.release()?])
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
     /// Whether another record holds the value of `claim`. A claim whose owner no
     /// longer holds the value (deleted or changed by a path that does not claim, such
     /// as replication) is stale: it is dropped, if still that owner's, and the value
@@ -456,7 +494,7 @@ impl DynamoStore {
                 .iter()
                 .map(|a| i.get(*a).and_then(|v| v.as_s().ok()).map(String::as_str))
                 .collect();
-            parts.map(|p| p.join("#"))
+            parts.map(|p| Claim::value(&p))
         });
         if held.as_deref() == Some(claim.value) {
             return Ok(true);

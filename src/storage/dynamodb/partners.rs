@@ -738,11 +738,8 @@ impl PartnerStore for DynamoStore {
                 let old = self.email_claim(&ctx.tenant, &old_email, &sid);
                 let mut w = overwrite(&rec, Expect::Version(read_version))?;
                 keep_legacy_in_overwrite(&mut w, &read);
-                let items = vec![
-                    claim.take()?,
-                    w.transact_item(&self.tables.partners)?,
-                    old.release()?,
-                ];
+                let mut items = vec![claim.take()?, w.transact_item(&self.tables.partners)?];
+                items.extend(self.releases(&old).await?);
                 let Some(codes) = self.transact(items).await? else {
                     return Ok(rec.partner);
                 };
