@@ -814,10 +814,12 @@ async fn drain_deferred(
         if before == 0 {
             break;
         }
-        let slices = (0..workers.max(1)).map(|worker| {
+        // At most 8: each worker's keyset query reads past the others' keys.
+        let workers = workers.clamp(1, 8);
+        let slices = (0..workers).map(|worker| {
             let slice = Slice {
                 worker,
-                workers: workers.max(1),
+                workers,
                 page_size,
                 final_round,
             };
