@@ -12,6 +12,11 @@ port="${url##*:}"
 
 if curl -s -o /dev/null -X POST "$url/moto-api/reset"; then
   echo "ensure-dynamodb: moto answers at $url"
+  if ! pgrep -f "scripts/moto-server.py 127.0.0.1 $port" >/dev/null; then
+    echo "ensure-dynamodb: WARNING: that moto was not started by this script; a threaded" >&2
+    echo "  moto_server does not isolate concurrent transactions and the claim tests can" >&2
+    echo "  fail. Stop it (pkill -f moto_server) and run this again." >&2
+  fi
   exit 0
 fi
 
