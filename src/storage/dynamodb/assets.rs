@@ -7,7 +7,7 @@
 //! path order.
 //!
 //! Codes are unique per customer: a create or a code change checks `gsi-customer`
-//! (legacy items carry no claim) and claims `<customer>#<code>` in the unique-keys
+//! (legacy items carry no claim) and claims `<customer> <code>` in the unique-keys
 //! table in the same transaction as the write; a delete releases it. A move to
 //! another customer checks the destination's codes but does not claim them (a
 //! subtree's claims would triple its transaction items): the moved assets' old
