@@ -251,7 +251,7 @@ async fn secrets_are_returned_once_stored_hashed_and_never_shown_again() {
         Code::FailedPrecondition,
         "INVALID_PARTNER_STATUS",
     );
-    approve(&s, &p.id, &["devices:read"]).await;
+    let approved = approve(&s, &p.id, &["devices:read"]).await;
     assert_invalid(
         client(&s)
             .create_api_key(req(T, key_req(&["devices:write"])))
@@ -366,6 +366,14 @@ async fn secrets_are_returned_once_stored_hashed_and_never_shown_again() {
         .into_inner();
     assert_eq!(supplied.secret, "my-own-webhook-secret-123");
     secrets.push(supplied.secret.clone());
+    // Each of the five credential changes (not the refused ones) moved the partner's
+    // version, as in the legacy service and on DynamoDB.
+    let now = client(&s)
+        .get_partner(req(T, pb::GetPartnerRequest { id: p.id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.version, approved.version + 5);
 
     // Every other response, in every RPC that returns partner data.
     let mut c = client(&s);

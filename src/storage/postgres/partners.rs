@@ -273,6 +273,20 @@ async fn credential_owner(
     Ok(())
 }
 
+/// A credential change moves the partner's version and `updated_at`, as the legacy
+/// service (and the DynamoDB backend) does, which did not set `updated_by` on these.
+async fn touch(conn: &mut AsyncPgConnection, tenant: &TenantId, id: Uuid) -> StoreResult<()> {
+    diesel::update(
+        dsl::partners
+            .filter(dsl::tenant_id.eq(tenant.as_str()))
+            .filter(dsl::id.eq(id)),
+    )
+    .set((dsl::version.eq(dsl::version + 1), dsl::updated_at.eq(Utc::now())))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 async fn exists(conn: &mut AsyncPgConnection, tenant: &TenantId, id: Uuid) -> StoreResult<()> {
     let found: bool = diesel::select(diesel::dsl::exists(
         dsl::partners.find((tenant.as_str(), id)),
@@ -473,6 +487,7 @@ impl PartnerStore for PgStore {
             let mut conn = self.conn().await?;
             conn.transaction(async |conn| {
                 credential_owner(conn, &ctx.tenant, partner, &key.scopes).await?;
+                touch(conn, &ctx.tenant, partner).await?;
                 insert_api_key(conn, &ctx.tenant, partner, &key).await
             })
             .await
@@ -511,6 +526,7 @@ impl PartnerStore for PgStore {
             let mut conn = self.conn().await?;
             conn.transaction(async |conn| {
                 find(conn, &ctx.tenant, partner, true).await?;
+                touch(conn, &ctx.tenant, partner).await?;
                 revoke_key(conn, &ctx.tenant, partner, key).await
             })
             .await
@@ -530,6 +546,7 @@ impl PartnerStore for PgStore {
             conn.transaction(async |conn| {
                 let revoked = {
                     credential_owner(conn, &ctx.tenant, partner, &[]).await?;
+                touch(conn, &ctx.tenant, partner).await?;
                     revoke_key(conn, &ctx.tenant, partner, old).await?
                 };
                 new.name = revoked.name;
@@ -552,6 +569,7 @@ impl PartnerStore for PgStore {
             let mut conn = self.conn().await?;
             conn.transaction(async |conn| {
                 credential_owner(conn, &ctx.tenant, partner, &c.scopes).await?;
+                touch(conn, &ctx.tenant, partner).await?;
                 diesel::insert_into(o::table)
                     .values((
                         o::tenant_id.eq(ctx.tenant.as_str()),
@@ -611,6 +629,7 @@ impl PartnerStore for PgStore {
             let mut conn = self.conn().await?;
             conn.transaction(async |conn| {
                 find(conn, &ctx.tenant, partner, true).await?;
+                touch(conn, &ctx.tenant, partner).await?;
                 let updated = diesel::update(
                     o::table
                         .find((ctx.tenant.as_str(), partner, client_id))
@@ -662,6 +681,7 @@ impl PartnerStore for PgStore {
             let mut conn = self.conn().await?;
             conn.transaction(async |conn| {
                 credential_owner(conn, &ctx.tenant, partner, &[]).await?;
+                touch(conn, &ctx.tenant, partner).await?;
                 let row: WebhookRow = diesel::insert_into(w::table)
                     .values((
                         w::tenant_id.eq(ctx.tenant.as_str()),
@@ -702,15 +722,17 @@ impl PartnerStore for PgStore {
     async fn delete_webhook(&self, ctx: &Ctx, partner: Uuid, webhook: Uuid) -> StoreResult<()> {
         self.timed("partners.delete_webhook", async {
             let mut conn = self.conn().await?;
-            exists(&mut conn, &ctx.tenant, partner).await?;
-            let n = diesel::delete(w::table.find((ctx.tenant.as_str(), partner, webhook)))
-                .execute(&mut conn)
-                .await?;
-            if n == 0 {
-                Err(StoreError::NotFound { entity: "webhook" })
-            } else {
-                Ok(())
-            }
+            conn.transaction(async |conn| {
+                find(conn, &ctx.tenant, partner, true).await?;
+                let n = diesel::delete(w::table.find((ctx.tenant.as_str(), partner, webhook)))
+                    .execute(conn)
+                    .await?;
+                if n == 0 {
+                    return Err(StoreError::NotFound { entity: "webhook" });
+                }
+                touch(conn, &ctx.tenant, partner).await
+            })
+            .await
         })
         .await
     }
