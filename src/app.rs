@@ -31,6 +31,10 @@ pub struct StorageSettings {
     /// Replication workers and the queue length of each.
     pub replication_workers: usize,
     pub replication_queue: usize,
+    /// `GCDR_OUTBOX_REPLAY_MS`: how often the outboxes are searched for unfinished copies.
+    pub outbox_replay: Duration,
+    /// `GCDR_OUTBOX_GRACE_MS`: how old an intent must be before it is replayed.
+    pub outbox_grace: Duration,
 }
 
 impl Default for StorageSettings {
@@ -44,6 +48,8 @@ impl Default for StorageSettings {
             secondary_timeout: Duration::from_secs(2),
             replication_workers: 8,
             replication_queue: 1024,
+            outbox_replay: Duration::from_secs(10),
+            outbox_grace: Duration::from_secs(60),
         }
     }
 }
@@ -58,6 +64,8 @@ pub struct Storage {
     pub replicator: Replicator,
     /// The mode poller task.
     pub poller: tokio::task::JoinHandle<()>,
+    /// The task replaying unfinished copies from the outboxes.
+    pub replayer: tokio::task::JoinHandle<()>,
 }
 
 /// Builds the stack over `pg`, loads the persisted mode (falling back to the default
@@ -73,6 +81,7 @@ pub async fn build_storage(pg: PgStore, s: &StorageSettings) -> anyhow::Result<S
         store: Store::postgres(pg.clone()),
         replica: pg_arc.clone(),
         log: pg_arc.clone(),
+        outbox: pg_arc.clone(),
     };
     let mut logs: Vec<(Backend, Arc<dyn DivergenceLog>)> = vec![(Backend::Postgres, pg_arc)];
     let dynamodb = match &s.dynamodb {
@@ -82,7 +91,8 @@ pub async fn build_storage(pg: PgStore, s: &StorageSettings) -> anyhow::Result<S
             Some(Backed {
                 store: Store::dynamodb((*d).clone()),
                 replica: d.clone(),
-                log: d,
+                log: d.clone(),
+                outbox: d,
             })
         }
         None => None,
@@ -126,6 +136,7 @@ pub async fn build_storage(pg: PgStore, s: &StorageSettings) -> anyhow::Result<S
         default: s.default_mode,
     };
     let poller = sync.clone().spawn(s.mode_poll);
+    let replayer = router.clone().spawn_replay(s.outbox_replay, s.outbox_grace);
     Ok(Storage {
         store: router.into_store(),
         admin: AdminState {
@@ -137,5 +148,6 @@ pub async fn build_storage(pg: PgStore, s: &StorageSettings) -> anyhow::Result<S
         },
         replicator,
         poller,
+        replayer,
     })
 }

@@ -31,6 +31,8 @@
 //! | `GCDR_SHADOW_READ_RATE` | `0` | fraction (0..1) of get reads also read from the other store and compared |
 //! | `GCDR_MODE_POLL_MS` | `1000` | how often each replica re-reads the persisted mode |
 //! | `GCDR_SECONDARY_TIMEOUT_MS` | `2000` | budget of one secondary copy before it counts as failed |
+//! | `GCDR_OUTBOX_REPLAY_MS` | `10000` | how often each replica looks for unfinished copies (a dead process's) to replay |
+//! | `GCDR_OUTBOX_GRACE_MS` | `60000` | age of an unfinished copy's intent before it is replayed |
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -167,6 +169,8 @@ impl Config {
             secondary_timeout: Duration::from_millis(
                 num("GCDR_SECONDARY_TIMEOUT_MS", 2000)?.max(1),
             ),
+            outbox_replay: Duration::from_millis(num("GCDR_OUTBOX_REPLAY_MS", 10_000)?.max(10)),
+            outbox_grace: Duration::from_millis(num("GCDR_OUTBOX_GRACE_MS", 60_000)?),
             ..StorageSettings::default()
         };
         Ok(Self {

@@ -31,6 +31,13 @@ impl Backend {
             Backend::Postgres => "postgres",
         }
     }
+
+    /// Parses [`Backend::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        [Backend::Dynamodb, Backend::Postgres]
+            .into_iter()
+            .find(|b| b.as_str() == s)
+    }
 }
 
 impl StorageMode {

@@ -170,3 +170,39 @@ pub trait DivergenceLog: Send + Sync {
     /// `failures` failures (then it stays, for the next reconcile).
     async fn resolve(&self, key: &RecordKey, target: Backend, failures: i64) -> StoreResult<()>;
 }
+
+/// A copy a dual write still owes the other store: written durably to the
+/// authoritative store's outbox alongside the write, cleared once the copy is applied
+/// or its failure recorded in the divergence log. One that outlives its process (a
+/// crash, `kill -9`) is replayed by whichever replica finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    pub id: Uuid,
+    pub key: RecordKey,
+    /// The store that is owed the copy.
+    pub target: Backend,
+    /// Copy the subtree under the record (a move), not the record alone.
+    pub subtree: bool,
+}
+
+/// Where a store keeps its [`Intent`]s (`replication_outbox` in PostgreSQL,
+/// `gcdr-replication-outbox-<stage>` in DynamoDB).
+#[async_trait]
+pub trait Outbox: Send + Sync {
+    /// Writes one intent. Durable on return, unless [`Outbox::durable_with_next_write`].
+    async fn intend(&self, intent: &Intent) -> StoreResult<()>;
+
+    /// `true`: an intent becomes durable with the store's next durable write that
+    /// starts after `intend` returns (PostgreSQL: written with asynchronous commit, so
+    /// flushed with the write's synchronous commit, later in the same WAL), so it must
+    /// be written first. `false`: durable on return, so it is written alongside.
+    fn durable_with_next_write(&self) -> bool {
+        false
+    }
+
+    /// Deletes intents (absent ones are ignored).
+    async fn clear(&self, intents: &[Intent]) -> StoreResult<()>;
+
+    /// Up to `limit` intents written more than `age` ago, oldest first.
+    async fn stale(&self, age: std::time::Duration, limit: usize) -> StoreResult<Vec<Intent>>;
+}

@@ -10,8 +10,14 @@
 //!   caller's path, as a versioned upsert (never moving a record backwards), so retries
 //!   and reordering are harmless. A copy that fails is counted and recorded durably in
 //!   the authoritative store's divergence log for reconcile; it never fails the call.
+//! - Every copy is also written as an [`Intent`] to the authoritative store's outbox,
+//!   alongside the write and before the call is acknowledged, and cleared once the copy
+//!   is applied or its failure recorded. An intent older than the replay grace (its
+//!   process died, or its copy is stuck) is replayed by any replica: the record, or the
+//!   moved subtree, is re-read from the store that holds the intent and copied again.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,15 +27,16 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::mode::{Backend, Modes, StorageMode};
-use super::replica::{DivergenceLog, Entity, Record, RecordKey, Replica};
+use super::replica::{DivergenceLog, Entity, Intent, Outbox, Record, RecordKey, Replica};
 use super::*;
 
-/// One store with its replica and divergence-log views.
+/// One store with its replica, divergence-log and outbox views.
 #[derive(Clone)]
 pub struct Backed {
     pub store: Store,
     pub replica: Arc<dyn Replica>,
     pub log: Arc<dyn DivergenceLog>,
+    pub outbox: Arc<dyn Outbox>,
 }
 
 /// Counters by name and labels, e.g. `secondary_write{store=dynamodb,entity=customer,
@@ -89,6 +96,9 @@ struct Job {
     primary_backend: Backend,
     secondary: Backed,
     secondary_backend: Backend,
+    /// The copy's intent in the primary's outbox, cleared once the copy is applied or
+    /// its failure recorded (`None`: it could not be written).
+    intent: Option<Intent>,
 }
 
 enum Msg {
@@ -102,20 +112,39 @@ enum Msg {
 #[derive(Clone)]
 pub struct Replicator {
     workers: Arc<Vec<mpsc::Sender<Msg>>>,
+    /// Intents to clear, batched by a background task.
+    clearer: mpsc::UnboundedSender<Clear>,
+}
+
+/// A message to the intent-clearing task.
+enum Clear {
+    /// This intent, in this store's outbox, is done with.
+    Intent(Arc<dyn Outbox>, Intent),
+    /// Answer once every intent sent before is cleared (or its clearing failed).
+    Flush(oneshot::Sender<()>),
 }
 
 impl Replicator {
     /// Starts `workers` tasks with queues of `queue` jobs each. A copy that does not
     /// finish within `timeout` counts as failed.
     pub fn start(workers: usize, queue: usize, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        let (clearer, clear_rx) = mpsc::unbounded_channel();
+        tokio::spawn(clear_intents(clear_rx, metrics.clone()));
         let senders = (0..workers.max(1))
             .map(|_| {
                 let (tx, mut rx) = mpsc::channel::<Msg>(queue.max(1));
                 let metrics = metrics.clone();
+                let clearer = clearer.clone();
                 tokio::spawn(async move {
                     while let Some(msg) = rx.recv().await {
                         match msg {
-                            Msg::Job(job) => run_job(*job, timeout, &metrics).await,
+                            Msg::Job(job) => {
+                                let job = *job;
+                                let finished = run_job(&job, timeout, &metrics).await;
+                                if let (true, Some(intent)) = (finished, job.intent) {
+                                    let _ = clearer.send(Clear::Intent(job.primary.outbox, intent));
+                                }
+                            }
                             Msg::Flush(done) => {
                                 let _ = done.send(());
                             }
@@ -127,7 +156,13 @@ impl Replicator {
             .collect();
         Self {
             workers: Arc::new(senders),
+            clearer,
         }
+    }
+
+    /// Clears an intent whose copy is not needed (its write failed).
+    fn clear(&self, primary: &Backed, intent: Intent) {
+        let _ = self.clearer.send(Clear::Intent(primary.outbox.clone(), intent));
     }
 
     async fn enqueue(&self, job: Job) {
@@ -152,17 +187,61 @@ impl Replicator {
         for rx in waits {
             let _ = rx.await;
         }
+        let (tx, rx) = oneshot::channel();
+        if self.clearer.send(Clear::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
-async fn run_job(job: Job, timeout: Duration, metrics: &Metrics) {
+/// Deletes cleared intents from their outboxes, up to 200 at a time per store. One that
+/// cannot be deleted is left for replay (harmless: a replay re-copies a record).
+async fn clear_intents(mut rx: mpsc::UnboundedReceiver<Clear>, metrics: Arc<Metrics>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 200).await > 0 {
+        let mut flushes = Vec::new();
+        let mut cleared = Vec::new();
+        for msg in batch.drain(..) {
+            match msg {
+                Clear::Intent(b, i) => cleared.push((b, i)),
+                Clear::Flush(done) => flushes.push(done),
+            }
+        }
+        for backend in [Backend::Postgres, Backend::Dynamodb] {
+            let mut outbox = None;
+            let mut intents = Vec::new();
+            for (b, i) in &cleared {
+                // The intent is in its primary's outbox: the store it does not target.
+                if i.target != backend {
+                    outbox.get_or_insert_with(|| b.clone());
+                    intents.push(i.clone());
+                }
+            }
+            if let Some(outbox) = outbox
+                && let Err(e) = outbox.clear(&intents).await
+            {
+                metrics.incr("outbox_clear_failed", &[]);
+                tracing::warn!(error = %e, intents = intents.len(),
+                    "could not clear applied intents; they will be replayed");
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Applies one copy (two attempts); a failure is counted and recorded in the primary's
+/// divergence log. Returns whether the copy is finished: applied, or its failure
+/// recorded (otherwise its intent must stay, for replay).
+async fn run_job(job: &Job, timeout: Duration, metrics: &Metrics) -> bool {
     let op = job.op.name();
     let mut last_error = String::new();
     for attempt in 0..2 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        match tokio::time::timeout(timeout, apply(&job)).await {
+        match tokio::time::timeout(timeout, apply(job)).await {
             Ok(Ok(())) => {
                 metrics.incr(
                     "secondary_write",
@@ -173,7 +252,7 @@ async fn run_job(job: Job, timeout: Duration, metrics: &Metrics) {
                         ("outcome", "ok"),
                     ],
                 );
-                return;
+                return true;
             }
             Ok(Err(e)) => last_error = error_text(&e),
             Err(_) => last_error = format!("timed out after {timeout:?}"),
@@ -208,8 +287,10 @@ async fn run_job(job: Job, timeout: Duration, metrics: &Metrics) {
             &[("store", job.primary_backend.as_str())],
         );
         tracing::error!(error = %e, entity = job.key.entity.as_str(), id = %job.key.id,
-            "could not record a divergence; verify will find it");
+            "could not record a divergence; its intent stays for replay");
+        return false;
     }
+    true
 }
 
 /// The message of a store error, with the source of an internal one.
@@ -367,27 +448,93 @@ impl Router {
         })
     }
 
-    /// Queues the copy of a write acknowledged by the primary.
-    async fn copy(&self, route: &Route<'_>, key: RecordKey, op: Op) {
-        let (Some(secondary), Some(secondary_backend)) = (route.secondary, route.mode.secondary())
-        else {
-            return;
+    /// Runs `write` on the route's primary store and, in a dual mode, queues its copy
+    /// (`op` of the result) to the secondary. The copy's intent is written to the
+    /// primary's outbox while the write runs (PostgreSQL: just before, see
+    /// [`Outbox::durable_with_next_write`]), and both are awaited before the call
+    /// returns: a copy still queued when the process dies is replayed after restart.
+    /// An intent that cannot be written is counted and logged; the call still
+    /// succeeds and the copy is still queued.
+    async fn write<T>(
+        &self,
+        r: &Route<'_>,
+        key: RecordKey,
+        subtree: bool,
+        write: impl Future<Output = StoreResult<T>> + Send,
+        op: impl FnOnce(&T) -> Op + Send,
+    ) -> StoreResult<T> {
+        let (Some(secondary), Some(target)) = (r.secondary, r.mode.secondary()) else {
+            return write.await;
         };
-        self.replicator
-            .enqueue(Job {
-                key,
-                op,
-                primary: route.primary.clone(),
-                primary_backend: route.mode.primary(),
-                secondary: secondary.clone(),
-                secondary_backend,
-            })
-            .await;
+        let intent = Intent {
+            id: Uuid::new_v4(),
+            key,
+            target,
+            subtree,
+        };
+        let outbox = &r.primary.outbox;
+        let (done, noted) = if outbox.durable_with_next_write() {
+            let noted = outbox.intend(&intent).await;
+            (write.await, noted)
+        } else {
+            tokio::join!(write, outbox.intend(&intent))
+        };
+        let noted = match noted {
+            Ok(()) => true,
+            Err(e) => {
+                self.metrics.incr(
+                    "outbox_write_failed",
+                    &[("store", r.mode.primary().as_str())],
+                );
+                tracing::warn!(error = %e, entity = intent.key.entity.as_str(), id = %intent.key.id,
+                    "could not record a copy's intent; it is queued but not crash-safe");
+                false
+            }
+        };
+        let value = match done {
+            Ok(v) => v,
+            Err(e) => {
+                if noted {
+                    self.replicator.clear(r.primary, intent);
+                }
+                return Err(e);
+            }
+        };
+        let job = Job {
+            key: intent.key.clone(),
+            op: op(&value),
+            primary: r.primary.clone(),
+            primary_backend: r.mode.primary(),
+            secondary: secondary.clone(),
+            secondary_backend: target,
+            intent: noted.then_some(intent),
+        };
+        self.replicator.enqueue(job).await;
+        Ok(value)
     }
 
-    async fn copy_record(&self, route: &Route<'_>, record: Record) {
-        self.copy(route, record.key(), Op::Upsert(Box::new(record)))
-            .await;
+    /// [`Router::write`] whose copy is the record the write returns.
+    async fn write_record<T: Clone>(
+        &self,
+        r: &Route<'_>,
+        key: RecordKey,
+        write: impl Future<Output = StoreResult<T>> + Send,
+        wrap: fn(T) -> Record,
+    ) -> StoreResult<T> {
+        let op = move |v: &T| Op::Upsert(Box::new(wrap(v.clone())));
+        self.write(r, key, false, write, op).await
+    }
+
+    /// [`Router::write`] whose copy is `op` (`Remove`, `Reload` or `Subtree`).
+    async fn write_then<T>(
+        &self,
+        r: &Route<'_>,
+        key: RecordKey,
+        op: Op,
+        write: impl Future<Output = StoreResult<T>> + Send,
+    ) -> StoreResult<T> {
+        let subtree = matches!(op, Op::Subtree);
+        self.write(r, key, subtree, write, move |_| op).await
     }
 
     /// Samples a shadow read of `record` from the other store.
@@ -430,6 +577,64 @@ impl Router {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
+
+    /// Replays up to `limit` intents of each store's outbox written more than `grace`
+    /// ago: each re-reads the record (or moved subtree) from the store holding the
+    /// intent and copies it to the store it targets, never moving a record backwards.
+    /// Waits for the copies; returns how many were replayed.
+    pub async fn replay_stale(&self, grace: Duration, limit: usize) -> StoreResult<usize> {
+        let mut replayed = 0;
+        let stores = [
+            (Backend::Postgres, Some(&self.postgres)),
+            (Backend::Dynamodb, self.dynamodb.as_ref()),
+        ];
+        for (backend, holder) in stores {
+            let Some(holder) = holder else { continue };
+            for intent in holder.outbox.stale(grace, limit).await? {
+                let Ok(target) = self.backed(intent.target) else {
+                    tracing::warn!(
+                        target = intent.target.as_str(),
+                        "an outbox intent targets a store that is not configured; left in place"
+                    );
+                    continue;
+                };
+                tracing::info!(entity = intent.key.entity.as_str(), tenant = %intent.key.tenant,
+                    id = %intent.key.id, to = intent.target.as_str(), "replaying an unfinished copy");
+                self.metrics
+                    .incr("outbox_replayed", &[("store", intent.target.as_str())]);
+                self.replicator
+                    .enqueue(Job {
+                        key: intent.key.clone(),
+                        op: if intent.subtree {
+                            Op::Subtree
+                        } else {
+                            Op::Reload
+                        },
+                        primary: holder.clone(),
+                        primary_backend: backend,
+                        secondary: target.clone(),
+                        secondary_backend: intent.target,
+                        intent: Some(intent),
+                    })
+                    .await;
+                replayed += 1;
+            }
+        }
+        self.replicator.flush().await;
+        Ok(replayed)
+    }
+
+    /// Replays stale intents every `interval`, for ever.
+    pub fn spawn_replay(self, interval: Duration, grace: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                if let Err(e) = self.replay_stale(grace, 1000).await {
+                    tracing::debug!(error = %e, "outbox replay failed; retrying later");
+                }
+            }
+        })
+    }
 }
 
 fn key(entity: Entity, tenant: &TenantId, id: Uuid) -> RecordKey {
@@ -453,9 +658,9 @@ impl HealthProbe for Router {
 impl CustomerStore for Router {
     async fn create(&self, ctx: &Ctx, new: NewCustomer) -> StoreResult<Customer> {
         let r = self.route(&ctx.tenant)?;
-        let c = r.primary.store.customers.create(ctx, new).await?;
-        self.copy_record(&r, Record::Customer(c.clone())).await;
-        Ok(c)
+        let k = key(Entity::Customer, &ctx.tenant, new.id.0);
+        let w = r.primary.store.customers.create(ctx, new);
+        self.write_record(&r, k, w, Record::Customer).await
     }
     async fn get(&self, tenant: &TenantId, id: CustomerId) -> StoreResult<Customer> {
         let r = self.route(tenant)?;
@@ -475,21 +680,15 @@ impl CustomerStore for Router {
         expected: Option<i64>,
     ) -> StoreResult<Customer> {
         let r = self.route(&ctx.tenant)?;
-        let c = r
-            .primary
-            .store
-            .customers
-            .update(ctx, id, patch, expected)
-            .await?;
-        self.copy_record(&r, Record::Customer(c.clone())).await;
-        Ok(c)
+        let k = key(Entity::Customer, &ctx.tenant, id.0);
+        let w = r.primary.store.customers.update(ctx, id, patch, expected);
+        self.write_record(&r, k, w, Record::Customer).await
     }
     async fn delete(&self, tenant: &TenantId, id: CustomerId, exp: Option<i64>) -> StoreResult<()> {
         let r = self.route(tenant)?;
-        r.primary.store.customers.delete(tenant, id, exp).await?;
-        self.copy(&r, key(Entity::Customer, tenant, id.0), Op::Remove)
-            .await;
-        Ok(())
+        let k = key(Entity::Customer, tenant, id.0);
+        let w = r.primary.store.customers.delete(tenant, id, exp);
+        self.write_then(&r, k, Op::Remove, w).await
     }
     async fn list(
         &self,
@@ -534,11 +733,13 @@ impl CustomerStore for Router {
         expected: Option<i64>,
     ) -> StoreResult<Customer> {
         let r = self.route(&ctx.tenant)?;
-        let s = &r.primary.store.customers;
-        let c = s.move_to(ctx, id, new_parent, expected).await?;
-        self.copy(&r, key(Entity::Customer, &ctx.tenant, id.0), Op::Subtree)
-            .await;
-        Ok(c)
+        let k = key(Entity::Customer, &ctx.tenant, id.0);
+        let w = r
+            .primary
+            .store
+            .customers
+            .move_to(ctx, id, new_parent, expected);
+        self.write_then(&r, k, Op::Subtree, w).await
     }
 }
 
@@ -546,9 +747,9 @@ impl CustomerStore for Router {
 impl AssetStore for Router {
     async fn create(&self, ctx: &Ctx, new: NewAsset) -> StoreResult<Asset> {
         let r = self.route(&ctx.tenant)?;
-        let a = r.primary.store.assets.create(ctx, new).await?;
-        self.copy_record(&r, Record::Asset(a.clone())).await;
-        Ok(a)
+        let k = key(Entity::Asset, &ctx.tenant, new.id.0);
+        let w = r.primary.store.assets.create(ctx, new);
+        self.write_record(&r, k, w, Record::Asset).await
     }
     async fn get(&self, tenant: &TenantId, id: AssetId) -> StoreResult<Asset> {
         let r = self.route(tenant)?;
@@ -574,21 +775,15 @@ impl AssetStore for Router {
         expected: Option<i64>,
     ) -> StoreResult<Asset> {
         let r = self.route(&ctx.tenant)?;
-        let a = r
-            .primary
-            .store
-            .assets
-            .update(ctx, id, patch, expected)
-            .await?;
-        self.copy_record(&r, Record::Asset(a.clone())).await;
-        Ok(a)
+        let k = key(Entity::Asset, &ctx.tenant, id.0);
+        let w = r.primary.store.assets.update(ctx, id, patch, expected);
+        self.write_record(&r, k, w, Record::Asset).await
     }
     async fn delete(&self, tenant: &TenantId, id: AssetId, exp: Option<i64>) -> StoreResult<()> {
         let r = self.route(tenant)?;
-        r.primary.store.assets.delete(tenant, id, exp).await?;
-        self.copy(&r, key(Entity::Asset, tenant, id.0), Op::Remove)
-            .await;
-        Ok(())
+        let k = key(Entity::Asset, tenant, id.0);
+        let w = r.primary.store.assets.delete(tenant, id, exp);
+        self.write_then(&r, k, Op::Remove, w).await
     }
     async fn list(
         &self,
@@ -644,15 +839,9 @@ impl AssetStore for Router {
         expected: Option<i64>,
     ) -> StoreResult<Asset> {
         let r = self.route(&ctx.tenant)?;
-        let a = r
-            .primary
-            .store
-            .assets
-            .move_to(ctx, id, to, expected)
-            .await?;
-        self.copy(&r, key(Entity::Asset, &ctx.tenant, id.0), Op::Subtree)
-            .await;
-        Ok(a)
+        let k = key(Entity::Asset, &ctx.tenant, id.0);
+        let w = r.primary.store.assets.move_to(ctx, id, to, expected);
+        self.write_then(&r, k, Op::Subtree, w).await
     }
 }
 
@@ -660,9 +849,9 @@ impl AssetStore for Router {
 impl DeviceStore for Router {
     async fn create(&self, ctx: &Ctx, new: NewDevice) -> StoreResult<Device> {
         let r = self.route(&ctx.tenant)?;
-        let d = r.primary.store.devices.create(ctx, new).await?;
-        self.copy_record(&r, Record::Device(d.clone())).await;
-        Ok(d)
+        let k = key(Entity::Device, &ctx.tenant, new.id.0);
+        let w = r.primary.store.devices.create(ctx, new);
+        self.write_record(&r, k, w, Record::Device).await
     }
     async fn get(&self, tenant: &TenantId, id: DeviceId) -> StoreResult<Device> {
         let r = self.route(tenant)?;
@@ -682,21 +871,15 @@ impl DeviceStore for Router {
         expected: Option<i64>,
     ) -> StoreResult<Device> {
         let r = self.route(&ctx.tenant)?;
-        let d = r
-            .primary
-            .store
-            .devices
-            .update(ctx, id, patch, expected)
-            .await?;
-        self.copy_record(&r, Record::Device(d.clone())).await;
-        Ok(d)
+        let k = key(Entity::Device, &ctx.tenant, id.0);
+        let w = r.primary.store.devices.update(ctx, id, patch, expected);
+        self.write_record(&r, k, w, Record::Device).await
     }
     async fn delete(&self, tenant: &TenantId, id: DeviceId, exp: Option<i64>) -> StoreResult<()> {
         let r = self.route(tenant)?;
-        r.primary.store.devices.delete(tenant, id, exp).await?;
-        self.copy(&r, key(Entity::Device, tenant, id.0), Op::Remove)
-            .await;
-        Ok(())
+        let k = key(Entity::Device, tenant, id.0);
+        let w = r.primary.store.devices.delete(tenant, id, exp);
+        self.write_then(&r, k, Op::Remove, w).await
     }
     async fn list(
         &self,
@@ -715,10 +898,9 @@ impl DeviceStore for Router {
         expected: Option<i64>,
     ) -> StoreResult<Device> {
         let r = self.route(&ctx.tenant)?;
-        let s = &r.primary.store.devices;
-        let d = s.move_to(ctx, id, asset, expected).await?;
-        self.copy_record(&r, Record::Device(d.clone())).await;
-        Ok(d)
+        let k = key(Entity::Device, &ctx.tenant, id.0);
+        let w = r.primary.store.devices.move_to(ctx, id, asset, expected);
+        self.write_record(&r, k, w, Record::Device).await
     }
     async fn set_connectivity(
         &self,
@@ -727,10 +909,9 @@ impl DeviceStore for Router {
         status: ConnectivityStatus,
     ) -> StoreResult<Device> {
         let r = self.route(&ctx.tenant)?;
-        let s = &r.primary.store.devices;
-        let d = s.set_connectivity(ctx, id, status).await?;
-        self.copy_record(&r, Record::Device(d.clone())).await;
-        Ok(d)
+        let k = key(Entity::Device, &ctx.tenant, id.0);
+        let w = r.primary.store.devices.set_connectivity(ctx, id, status);
+        self.write_record(&r, k, w, Record::Device).await
     }
 }
 
@@ -738,9 +919,9 @@ impl DeviceStore for Router {
 impl PolicyStore for Router {
     async fn create(&self, ctx: &Ctx, new: NewPolicy) -> StoreResult<Policy> {
         let r = self.route(&ctx.tenant)?;
-        let p = r.primary.store.policies.create(ctx, new).await?;
-        self.copy_record(&r, Record::Policy(p.clone())).await;
-        Ok(p)
+        let k = key(Entity::Policy, &ctx.tenant, new.id);
+        let w = r.primary.store.policies.create(ctx, new);
+        self.write_record(&r, k, w, Record::Policy).await
     }
     async fn get(&self, tenant: &TenantId, id: Uuid) -> StoreResult<Policy> {
         let r = self.route(tenant)?;
@@ -760,17 +941,15 @@ impl PolicyStore for Router {
         expected: Option<i64>,
     ) -> StoreResult<Policy> {
         let r = self.route(&ctx.tenant)?;
-        let s = &r.primary.store.policies;
-        let p = s.update(ctx, id, patch, expected).await?;
-        self.copy_record(&r, Record::Policy(p.clone())).await;
-        Ok(p)
+        let k = key(Entity::Policy, &ctx.tenant, id);
+        let w = r.primary.store.policies.update(ctx, id, patch, expected);
+        self.write_record(&r, k, w, Record::Policy).await
     }
     async fn delete(&self, tenant: &TenantId, id: Uuid, exp: Option<i64>) -> StoreResult<()> {
         let r = self.route(tenant)?;
-        r.primary.store.policies.delete(tenant, id, exp).await?;
-        self.copy(&r, key(Entity::Policy, tenant, id), Op::Remove)
-            .await;
-        Ok(())
+        let k = key(Entity::Policy, tenant, id);
+        let w = r.primary.store.policies.delete(tenant, id, exp);
+        self.write_then(&r, k, Op::Remove, w).await
     }
     async fn list(
         &self,
@@ -787,9 +966,9 @@ impl PolicyStore for Router {
 impl RoleStore for Router {
     async fn create(&self, ctx: &Ctx, new: NewRole) -> StoreResult<Role> {
         let r = self.route(&ctx.tenant)?;
-        let role = r.primary.store.roles.create(ctx, new).await?;
-        self.copy_record(&r, Record::Role(role.clone())).await;
-        Ok(role)
+        let k = key(Entity::Role, &ctx.tenant, new.id);
+        let w = r.primary.store.roles.create(ctx, new);
+        self.write_record(&r, k, w, Record::Role).await
     }
     async fn get(&self, tenant: &TenantId, id: Uuid) -> StoreResult<Role> {
         let r = self.route(tenant)?;
@@ -809,17 +988,15 @@ impl RoleStore for Router {
         expected: Option<i64>,
     ) -> StoreResult<Role> {
         let r = self.route(&ctx.tenant)?;
-        let s = &r.primary.store.roles;
-        let role = s.update(ctx, id, patch, expected).await?;
-        self.copy_record(&r, Record::Role(role.clone())).await;
-        Ok(role)
+        let k = key(Entity::Role, &ctx.tenant, id);
+        let w = r.primary.store.roles.update(ctx, id, patch, expected);
+        self.write_record(&r, k, w, Record::Role).await
     }
     async fn delete(&self, tenant: &TenantId, id: Uuid, exp: Option<i64>) -> StoreResult<()> {
         let r = self.route(tenant)?;
-        r.primary.store.roles.delete(tenant, id, exp).await?;
-        self.copy(&r, key(Entity::Role, tenant, id), Op::Remove)
-            .await;
-        Ok(())
+        let k = key(Entity::Role, tenant, id);
+        let w = r.primary.store.roles.delete(tenant, id, exp);
+        self.write_then(&r, k, Op::Remove, w).await
     }
     async fn list(
         &self,
@@ -836,9 +1013,9 @@ impl RoleStore for Router {
 impl AssignmentStore for Router {
     async fn assign(&self, ctx: &Ctx, new: NewAssignment) -> StoreResult<RoleAssignment> {
         let r = self.route(&ctx.tenant)?;
-        let a = r.primary.store.assignments.assign(ctx, new).await?;
-        self.copy_record(&r, Record::Assignment(a.clone())).await;
-        Ok(a)
+        let k = key(Entity::Assignment, &ctx.tenant, new.id);
+        let w = r.primary.store.assignments.assign(ctx, new);
+        self.write_record(&r, k, w, Record::Assignment).await
     }
     async fn get(&self, tenant: &TenantId, id: Uuid) -> StoreResult<RoleAssignment> {
         let r = self.route(tenant)?;
@@ -848,9 +1025,9 @@ impl AssignmentStore for Router {
     }
     async fn revoke(&self, ctx: &Ctx, id: Uuid) -> StoreResult<RoleAssignment> {
         let r = self.route(&ctx.tenant)?;
-        let a = r.primary.store.assignments.revoke(ctx, id).await?;
-        self.copy_record(&r, Record::Assignment(a.clone())).await;
-        Ok(a)
+        let k = key(Entity::Assignment, &ctx.tenant, id);
+        let w = r.primary.store.assignments.revoke(ctx, id);
+        self.write_record(&r, k, w, Record::Assignment).await
     }
     async fn list(
         &self,
@@ -875,10 +1052,9 @@ impl AssignmentStore for Router {
 impl PartnerStore for Router {
     async fn register(&self, ctx: &Ctx, new: NewPartner) -> StoreResult<Partner> {
         let r = self.route(&ctx.tenant)?;
-        let p = r.primary.store.partners.register(ctx, new).await?;
-        self.copy(&r, key(Entity::Partner, &ctx.tenant, p.id), Op::Reload)
-            .await;
-        Ok(p)
+        let k = key(Entity::Partner, &ctx.tenant, new.id);
+        let w = r.primary.store.partners.register(ctx, new);
+        self.write_then(&r, k, Op::Reload, w).await
     }
     async fn get(&self, tenant: &TenantId, id: Uuid) -> StoreResult<Partner> {
         let r = self.route(tenant)?;
@@ -892,11 +1068,9 @@ impl PartnerStore for Router {
         expected: Option<i64>,
     ) -> StoreResult<Partner> {
         let r = self.route(&ctx.tenant)?;
-        let s = &r.primary.store.partners;
-        let p = s.update(ctx, id, patch, expected).await?;
-        self.copy(&r, key(Entity::Partner, &ctx.tenant, id), Op::Reload)
-            .await;
-        Ok(p)
+        let k = key(Entity::Partner, &ctx.tenant, id);
+        let w = r.primary.store.partners.update(ctx, id, patch, expected);
+        self.write_then(&r, k, Op::Reload, w).await
     }
     async fn list(
         &self,
@@ -914,22 +1088,15 @@ impl PartnerStore for Router {
         action: LifecycleAction,
     ) -> StoreResult<Partner> {
         let r = self.route(&ctx.tenant)?;
-        let p = r.primary.store.partners.transition(ctx, id, action).await?;
-        self.copy(&r, key(Entity::Partner, &ctx.tenant, id), Op::Reload)
-            .await;
-        Ok(p)
+        let k = key(Entity::Partner, &ctx.tenant, id);
+        let w = r.primary.store.partners.transition(ctx, id, action);
+        self.write_then(&r, k, Op::Reload, w).await
     }
     async fn create_api_key(&self, ctx: &Ctx, partner: Uuid, k: NewApiKey) -> StoreResult<ApiKey> {
         let r = self.route(&ctx.tenant)?;
-        let out = r
-            .primary
-            .store
-            .partners
-            .create_api_key(ctx, partner, k)
-            .await?;
-        self.copy(&r, key(Entity::Partner, &ctx.tenant, partner), Op::Reload)
-            .await;
-        Ok(out)
+        let rk = key(Entity::Partner, &ctx.tenant, partner);
+        let w = r.primary.store.partners.create_api_key(ctx, partner, k);
+        self.write_then(&r, rk, Op::Reload, w).await
     }
     async fn list_api_keys(
         &self,
@@ -943,15 +1110,9 @@ impl PartnerStore for Router {
     }
     async fn revoke_api_key(&self, ctx: &Ctx, partner: Uuid, k: Uuid) -> StoreResult<ApiKey> {
         let r = self.route(&ctx.tenant)?;
-        let out = r
-            .primary
-            .store
-            .partners
-            .revoke_api_key(ctx, partner, k)
-            .await?;
-        self.copy(&r, key(Entity::Partner, &ctx.tenant, partner), Op::Reload)
-            .await;
-        Ok(out)
+        let rk = key(Entity::Partner, &ctx.tenant, partner);
+        let w = r.primary.store.partners.revoke_api_key(ctx, partner, k);
+        self.write_then(&r, rk, Op::Reload, w).await
     }
     async fn rotate_api_key(
         &self,
@@ -961,11 +1122,13 @@ impl PartnerStore for Router {
         new: NewApiKey,
     ) -> StoreResult<ApiKey> {
         let r = self.route(&ctx.tenant)?;
-        let s = &r.primary.store.partners;
-        let out = s.rotate_api_key(ctx, partner, old, new).await?;
-        self.copy(&r, key(Entity::Partner, &ctx.tenant, partner), Op::Reload)
-            .await;
-        Ok(out)
+        let k = key(Entity::Partner, &ctx.tenant, partner);
+        let w = r
+            .primary
+            .store
+            .partners
+            .rotate_api_key(ctx, partner, old, new);
+        self.write_then(&r, k, Op::Reload, w).await
     }
     async fn create_oauth_client(
         &self,
@@ -974,11 +1137,13 @@ impl PartnerStore for Router {
         client: NewOAuthClient,
     ) -> StoreResult<OAuthClient> {
         let r = self.route(&ctx.tenant)?;
-        let s = &r.primary.store.partners;
-        let out = s.create_oauth_client(ctx, partner, client).await?;
-        self.copy(&r, key(Entity::Partner, &ctx.tenant, partner), Op::Reload)
-            .await;
-        Ok(out)
+        let k = key(Entity::Partner, &ctx.tenant, partner);
+        let w = r
+            .primary
+            .store
+            .partners
+            .create_oauth_client(ctx, partner, client);
+        self.write_then(&r, k, Op::Reload, w).await
     }
     async fn list_oauth_clients(
         &self,
@@ -997,11 +1162,13 @@ impl PartnerStore for Router {
         client_id: &str,
     ) -> StoreResult<OAuthClient> {
         let r = self.route(&ctx.tenant)?;
-        let s = &r.primary.store.partners;
-        let out = s.revoke_oauth_client(ctx, partner, client_id).await?;
-        self.copy(&r, key(Entity::Partner, &ctx.tenant, partner), Op::Reload)
-            .await;
-        Ok(out)
+        let k = key(Entity::Partner, &ctx.tenant, partner);
+        let w = r
+            .primary
+            .store
+            .partners
+            .revoke_oauth_client(ctx, partner, client_id);
+        self.write_then(&r, k, Op::Reload, w).await
     }
     async fn create_webhook(
         &self,
@@ -1010,11 +1177,13 @@ impl PartnerStore for Router {
         webhook: NewWebhook,
     ) -> StoreResult<Webhook> {
         let r = self.route(&ctx.tenant)?;
-        let s = &r.primary.store.partners;
-        let out = s.create_webhook(ctx, partner, webhook).await?;
-        self.copy(&r, key(Entity::Partner, &ctx.tenant, partner), Op::Reload)
-            .await;
-        Ok(out)
+        let k = key(Entity::Partner, &ctx.tenant, partner);
+        let w = r
+            .primary
+            .store
+            .partners
+            .create_webhook(ctx, partner, webhook);
+        self.write_then(&r, k, Op::Reload, w).await
     }
     async fn list_webhooks(&self, tenant: &TenantId, partner: Uuid) -> StoreResult<Vec<Webhook>> {
         let r = self.route(tenant)?;
@@ -1026,11 +1195,13 @@ impl PartnerStore for Router {
     }
     async fn delete_webhook(&self, ctx: &Ctx, partner: Uuid, webhook: Uuid) -> StoreResult<()> {
         let r = self.route(&ctx.tenant)?;
-        let s = &r.primary.store.partners;
-        s.delete_webhook(ctx, partner, webhook).await?;
-        self.copy(&r, key(Entity::Partner, &ctx.tenant, partner), Op::Reload)
-            .await;
-        Ok(())
+        let k = key(Entity::Partner, &ctx.tenant, partner);
+        let w = r
+            .primary
+            .store
+            .partners
+            .delete_webhook(ctx, partner, webhook);
+        self.write_then(&r, k, Op::Reload, w).await
     }
 }
 

@@ -10,6 +10,7 @@ mod hierarchy;
 mod isolation;
 mod legacy_items;
 mod migration_verify;
+mod outbox;
 mod partners;
 mod server;
 mod storage_modes;

@@ -11,7 +11,7 @@ use gcdr_data::pb::storage_admin_service_client::StorageAdminServiceClient;
 use gcdr_data::storage::dynamodb::{DynamoConfig, DynamoStore, TableNames, differing_fields};
 use gcdr_data::storage::mode::{Backend, StorageMode};
 use gcdr_data::storage::postgres::{PgStore, PoolConfig};
-use gcdr_data::storage::replica::{DivergenceLog, Entity, RecordKey, Replica};
+use gcdr_data::storage::replica::{DivergenceLog, Entity, Outbox, RecordKey, Replica};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::Code;
@@ -51,6 +51,15 @@ impl ModeServer {
     /// `endpoint`: where the server's DynamoDB client points (a dead port simulates
     /// an unreachable DynamoDB); the tables are always created on the real emulator.
     pub async fn start_with(mode: StorageMode, endpoint: &str) -> Self {
+        Self::start_tuned(mode, endpoint, |_| {}).await
+    }
+
+    /// [`ModeServer::start_with`], with the storage settings adjusted by `tune`.
+    pub async fn start_tuned(
+        mode: StorageMode,
+        endpoint: &str,
+        tune: impl FnOnce(&mut StorageSettings),
+    ) -> Self {
         let stage = format!("t{}", Uuid::new_v4().simple());
         let real = DynamoStore::connect(&dynamo_config(&dynamo_url(), &stage)).await;
         gcdr_data::storage::dynamodb::create_tables(real.client(), real.tables())
@@ -68,7 +77,7 @@ impl ModeServer {
             ..PoolConfig::default()
         };
         let pg = PgStore::connect(&db, &pool).await.unwrap();
-        let settings = StorageSettings {
+        let mut settings = StorageSettings {
             default_mode: mode,
             dynamodb: Some(dynamo_config(endpoint, &stage)),
             admin_token: Some(TOKEN.into()),
@@ -76,6 +85,7 @@ impl ModeServer {
             secondary_timeout: Duration::from_millis(1500),
             ..StorageSettings::default()
         };
+        tune(&mut settings);
         let storage = build_storage(pg.clone(), &settings).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -129,6 +139,13 @@ impl ModeServer {
     }
 
     pub fn store(&self, b: Backend) -> &dyn Replica {
+        match b {
+            Backend::Postgres => &self.pg,
+            Backend::Dynamodb => &self.dynamo,
+        }
+    }
+
+    pub fn outbox(&self, b: Backend) -> &dyn Outbox {
         match b {
             Backend::Postgres => &self.pg,
             Backend::Dynamodb => &self.dynamo,
@@ -363,6 +380,15 @@ async fn every_mode_serves_the_lifecycle_and_dual_modes_keep_both_stores_equal()
         for k in &absent {
             assert!(s.store(Backend::Postgres).load(k).await.unwrap().is_none());
             assert!(s.store(Backend::Dynamodb).load(k).await.unwrap().is_none());
+        }
+        // Every copy's intent is gone once the copy is applied (or its write failed,
+        // as the stale update did).
+        for b in [Backend::Postgres, Backend::Dynamodb] {
+            let left = s.outbox(b).stale(Duration::ZERO, 100).await.unwrap();
+            assert!(
+                left.is_empty(),
+                "{mode}: intents left in {b:?}'s outbox: {left:?}"
+            );
         }
     }
 }

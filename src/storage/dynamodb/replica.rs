@@ -10,7 +10,9 @@ use super::{access, assets, customers, devices, partners};
 use crate::domain::TenantId;
 use crate::storage::StoreResult;
 use crate::storage::mode::Backend;
-use crate::storage::replica::{Divergence, DivergenceLog, Entity, Record, RecordKey, Replica};
+use crate::storage::replica::{
+    Divergence, DivergenceLog, Entity, Intent, Outbox, Record, RecordKey, Replica,
+};
 
 /// The record as the legacy item this backend stores: also the normalized form in
 /// which two stores' copies are compared attribute by attribute.
@@ -233,6 +235,106 @@ impl DivergenceLog for DynamoStore {
             }
             Err(e) => Err(sdk_error(e)),
         }
+    }
+}
+
+#[async_trait]
+impl Outbox for DynamoStore {
+    async fn intend(&self, intent: &Intent) -> StoreResult<()> {
+        let item = super::ItemWriter::new(intent.key.tenant.as_str(), &intent.id.to_string())
+            .s("entity", intent.key.entity.as_str())
+            .s("entityId", intent.key.id.to_string())
+            .s("targetStore", intent.target.as_str())
+            .b("subtree", intent.subtree)
+            .s("createdAt", super::item::iso(super::item::now()))
+            .finish();
+        self.client
+            .put_item()
+            .table_name(&self.tables.outbox)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        Ok(())
+    }
+
+    async fn clear(&self, intents: &[Intent]) -> StoreResult<()> {
+        use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
+        for chunk in intents.chunks(25) {
+            let mut pending = chunk
+                .iter()
+                .map(|i| {
+                    let key = super::key(i.key.tenant.as_str(), &i.id.to_string());
+                    let delete = DeleteRequest::builder().set_key(Some(key)).build();
+                    delete.map(|d| WriteRequest::builder().delete_request(d).build())
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| crate::storage::StoreError::Internal(e.into()))?;
+            for _ in 0..5 {
+                if pending.is_empty() {
+                    break;
+                }
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.tables.outbox, std::mem::take(&mut pending))
+                    .send()
+                    .await
+                    .map_err(sdk_error)?;
+                pending = out
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(&self.tables.outbox))
+                    .unwrap_or_default();
+            }
+        }
+        Ok(())
+    }
+
+    async fn stale(&self, age: std::time::Duration, limit: usize) -> StoreResult<Vec<Intent>> {
+        let cutoff = super::item::now()
+            - chrono::Duration::from_std(age).unwrap_or_else(|_| chrono::Duration::zero());
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.tables.outbox)
+                .consistent_read(true)
+                .filter_expression("createdAt < :cutoff")
+                .expression_attribute_values(":cutoff", s(super::item::iso(cutoff)))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            for item in page.items.unwrap_or_default() {
+                let r = ItemReader::new("replication-outbox", &item);
+                let (Some(entity), Some(tenant), Ok(id), Ok(intent), Some(target)) = (
+                    Entity::parse(&r.s("entity")?),
+                    TenantId::parse(&r.s("tenantId")?),
+                    Uuid::parse_str(&r.s("entityId")?),
+                    Uuid::parse_str(&r.s("id")?),
+                    Backend::parse(&r.s("targetStore")?),
+                ) else {
+                    continue;
+                };
+                out.push((
+                    r.s("createdAt")?,
+                    Intent {
+                        id: intent,
+                        key: RecordKey { entity, tenant, id },
+                        target,
+                        subtree: r.bool_or("subtree", false)?,
+                    },
+                ));
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out.into_iter().take(limit).map(|(_, i)| i).collect())
     }
 }
 

@@ -7,7 +7,8 @@ use aws_sdk_dynamodb::types::{
     ProjectionType, ScalarAttributeType, TableStatus,
 };
 
-/// The seven legacy table names, and this service's divergence and unique-key tables.
+/// The seven legacy table names, and this service's divergence, unique-key and outbox
+/// tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableNames {
     pub customers: String,
@@ -25,6 +26,9 @@ pub struct TableNames {
     /// same transaction as the item, since DynamoDB cannot enforce uniqueness on an
     /// attribute (`gcdr-unique-keys-<stage>`).
     pub unique: String,
+    /// Not a legacy table: the copies dual writes still owe PostgreSQL while DynamoDB
+    /// is authoritative (`gcdr-replication-outbox-<stage>`).
+    pub outbox: String,
 }
 
 /// One table's environment override, legacy file name, and GSIs
@@ -35,7 +39,7 @@ struct TableDef {
     indexes: &'static [(&'static str, &'static str, bool)],
 }
 
-const DEFS: [TableDef; 9] = [
+const DEFS: [TableDef; 10] = [
     TableDef {
         env: "CUSTOMERS_TABLE",
         entity: "customers",
@@ -96,6 +100,11 @@ const DEFS: [TableDef; 9] = [
         entity: "unique-keys",
         indexes: &[],
     },
+    TableDef {
+        env: "REPLICATION_OUTBOX_TABLE",
+        entity: "replication-outbox",
+        indexes: &[],
+    },
 ];
 
 impl TableNames {
@@ -115,11 +124,12 @@ impl TableNames {
             role_assignments: name(6),
             divergence: name(7),
             unique: name(8),
+            outbox: name(9),
         }
     }
 
     /// The names in definition order.
-    pub fn all(&self) -> [&str; 9] {
+    pub fn all(&self) -> [&str; 10] {
         [
             &self.customers,
             &self.assets,
@@ -130,6 +140,7 @@ impl TableNames {
             &self.role_assignments,
             &self.divergence,
             &self.unique,
+            &self.outbox,
         ]
     }
 }

@@ -68,52 +68,87 @@ impl Default for PoolConfig {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool<AsyncPgConnection>,
+    /// A few connections with `synchronous_commit = off`, for the replication outbox
+    /// only (see its `Outbox` implementation).
+    outbox_pool: Pool<AsyncPgConnection>,
 }
 
 pub type Conn<'a> = PooledConnection<'a, AsyncPgConnection>;
+
+/// A pool of `max_size` connections, each set up with the configured statement
+/// timeout and then `setup` (when not empty).
+fn build_pool(
+    url: &str,
+    cfg: &PoolConfig,
+    max_size: u32,
+    min_idle: Option<u32>,
+    setup: &'static str,
+) -> Pool<AsyncPgConnection> {
+    let timeout_ms = cfg.statement_timeout.as_millis();
+    let tls = cfg.tls.clone();
+    let mut manager_cfg = diesel_async::pooled_connection::ManagerConfig::default();
+    manager_cfg.custom_setup = Box::new(move |url| {
+        let tls = tls.clone();
+        Box::pin(async move {
+            let mut conn = establish(url, tls.as_ref()).await?;
+            let mut sql = format!("SET statement_timeout = {timeout_ms}");
+            if !setup.is_empty() {
+                sql = format!("{sql}; {setup}");
+            }
+            diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, &sql)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        })
+    });
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_cfg);
+    Pool::builder()
+        .max_size(max_size)
+        .min_idle(min_idle)
+        .connection_timeout(cfg.acquire_timeout)
+        .retry_connection(false)
+        // A broken connection surfaces as an error on use (mapped to UNAVAILABLE);
+        // a ping before every checkout would double the round trips.
+        .test_on_check_out(false)
+        .build_unchecked(manager)
+}
+
+async fn checkout(pool: &Pool<AsyncPgConnection>) -> StoreResult<Conn<'_>> {
+    pool.get().await.map_err(|e| match e {
+        bb8::RunError::TimedOut => {
+            StoreError::Unavailable("timed out waiting for a database connection".into())
+        }
+        bb8::RunError::User(e) => {
+            StoreError::Unavailable(format!("cannot connect to the database: {e}"))
+        }
+    })
+}
 
 impl PgStore {
     /// Builds the pool. Connections are opened lazily, so this succeeds while the
     /// database is down (health then reports NOT_SERVING until it comes back).
     pub async fn connect(url: &str, cfg: &PoolConfig) -> anyhow::Result<Self> {
-        let timeout_ms = cfg.statement_timeout.as_millis();
-        let tls = cfg.tls.clone();
-        let mut manager_cfg = diesel_async::pooled_connection::ManagerConfig::default();
-        manager_cfg.custom_setup = Box::new(move |url| {
-            let tls = tls.clone();
-            Box::pin(async move {
-                let mut conn = establish(url, tls.as_ref()).await?;
-                diesel::sql_query(format!("SET statement_timeout = {timeout_ms}"))
-                    .execute(&mut conn)
-                    .await
-                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-                Ok(conn)
-            })
-        });
-        let manager =
-            AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_cfg);
-        let pool = Pool::builder()
-            .max_size(cfg.max_size)
-            .min_idle(cfg.min_idle)
-            .connection_timeout(cfg.acquire_timeout)
-            .retry_connection(false)
-            // A broken connection surfaces as an error on use (mapped to UNAVAILABLE);
-            // a ping before every checkout would double the round trips.
-            .test_on_check_out(false)
-            .build_unchecked(manager);
-        Ok(Self { pool })
+        let pool = build_pool(url, cfg, cfg.max_size, cfg.min_idle, "");
+        let outbox_size = (cfg.max_size / 4).clamp(1, 4);
+        let outbox_pool = build_pool(
+            url,
+            cfg,
+            outbox_size,
+            Some(0),
+            "SET synchronous_commit = off",
+        );
+        Ok(Self { pool, outbox_pool })
+    }
+
+    /// Checks a connection out of the outbox pool.
+    pub(crate) async fn outbox_conn(&self) -> StoreResult<Conn<'_>> {
+        checkout(&self.outbox_pool).await
     }
 
     /// Checks a connection out of the pool.
     pub async fn conn(&self) -> StoreResult<Conn<'_>> {
-        self.pool.get().await.map_err(|e| match e {
-            bb8::RunError::TimedOut => {
-                StoreError::Unavailable("timed out waiting for a database connection".into())
-            }
-            bb8::RunError::User(e) => {
-                StoreError::Unavailable(format!("cannot connect to the database: {e}"))
-            }
-        })
+        checkout(&self.pool).await
     }
 
     /// Runs one store operation through [`crate::storage::timed`].

@@ -15,13 +15,15 @@ use super::devices::DeviceRow;
 use super::policies::PolicyRow;
 use super::roles::RoleRow;
 use super::schema::{
-    assets, customers, devices, policies, replication_divergence as rd, role_assignments,
-    role_policies, roles,
+    assets, customers, devices, policies, replication_divergence as rd, replication_outbox as ro,
+    role_assignments, role_policies, roles,
 };
 use crate::domain::access::{Role, RoleAssignment};
 use crate::domain::{AssetId, CustomerId, DeviceId, TenantId};
 use crate::storage::mode::Backend;
-use crate::storage::replica::{Divergence, DivergenceLog, Entity, Record, RecordKey, Replica};
+use crate::storage::replica::{
+    Divergence, DivergenceLog, Entity, Intent, Outbox, Record, RecordKey, Replica,
+};
 use crate::storage::{
     AssetStore, AssignmentStore, CustomerStore, DeviceStore, PolicyStore, RoleStore, StoreError,
     StoreResult,
@@ -486,5 +488,80 @@ impl DivergenceLog for PgStore {
         .execute(&mut conn)
         .await?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Outbox for PgStore {
+    /// Intents and their deletion are committed asynchronously (no WAL flush of their
+    /// own): an intent is written before the write it follows, whose synchronous commit
+    /// flushes it too; a lost deletion only means a harmless replay.
+    fn durable_with_next_write(&self) -> bool {
+        true
+    }
+
+    async fn intend(&self, intent: &Intent) -> StoreResult<()> {
+        let mut conn = self.outbox_conn().await?;
+        diesel::insert_into(ro::table)
+            .values((
+                ro::intent_id.eq(intent.id),
+                ro::tenant_id.eq(intent.key.tenant.as_str()),
+                ro::entity.eq(intent.key.entity.as_str()),
+                ro::entity_id.eq(intent.key.id.to_string()),
+                ro::target_store.eq(intent.target.as_str()),
+                ro::subtree.eq(intent.subtree),
+            ))
+            .on_conflict_do_nothing()
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn clear(&self, intents: &[Intent]) -> StoreResult<()> {
+        if intents.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.outbox_conn().await?;
+        let ids: Vec<Uuid> = intents.iter().map(|i| i.id).collect();
+        diesel::delete(ro::table.filter(ro::intent_id.eq_any(ids)))
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn stale(&self, age: std::time::Duration, limit: usize) -> StoreResult<Vec<Intent>> {
+        let mut conn = self.conn().await?;
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(age).unwrap_or_else(|_| chrono::Duration::zero());
+        type Row = (Uuid, String, String, String, String, bool);
+        let rows: Vec<Row> = ro::table
+            .select((
+                ro::intent_id,
+                ro::tenant_id,
+                ro::entity,
+                ro::entity_id,
+                ro::target_store,
+                ro::subtree,
+            ))
+            .filter(ro::created_at.lt(cutoff))
+            .order(ro::created_at)
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .load(&mut conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, t, e, entity_id, target, subtree)| {
+                Some(Intent {
+                    id,
+                    key: RecordKey {
+                        entity: Entity::parse(&e)?,
+                        tenant: TenantId::parse(&t)?,
+                        id: Uuid::parse_str(&entity_id).ok()?,
+                    },
+                    target: Backend::parse(&target)?,
+                    subtree,
+                })
+            })
+            .collect())
     }
 }

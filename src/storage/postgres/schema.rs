@@ -293,3 +293,15 @@ diesel::table! {
         last_failed_at -> Timestamptz,
     }
 }
+
+diesel::table! {
+    replication_outbox (intent_id) {
+        intent_id -> Uuid,
+        tenant_id -> Text,
+        entity -> Text,
+        entity_id -> Text,
+        target_store -> Text,
+        subtree -> Bool,
+        created_at -> Timestamptz,
+    }
+}

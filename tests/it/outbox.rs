@@ -1,0 +1,305 @@
+//! Crash safety of dual write: every copy's intent is in the authoritative store's
+//! outbox before the call is acknowledged, so a copy still queued when the process
+//! dies (`kill -9`) is replayed later, by the restarted process or any other replica.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gcdr_data::pb;
+use gcdr_data::pb::customer_service_client::CustomerServiceClient;
+use gcdr_data::storage::dynamodb::{DynamoStore, create_tables, differing_fields};
+use gcdr_data::storage::mode::{Backend, StorageMode};
+use gcdr_data::storage::postgres::{PgStore, PoolConfig};
+use gcdr_data::storage::replica::{Entity, Intent, Outbox, Record, RecordKey, Replica};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use uuid::Uuid;
+
+use crate::harness::{fresh_database, req};
+use crate::storage_modes::{ModeServer, dynamo_config, dynamo_url, key};
+
+const T: &str = "tenant-crash";
+
+/// `gcdr-data serve` as a child process, killed (SIGKILL) when dropped.
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the real binary in `dual_postgres_primary` with its DynamoDB at `dynamodb`,
+/// replaying intents older than a second, and waits until it serves.
+async fn serve(db: &str, dynamodb: &str, stage: &str) -> (Serve, Channel) {
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_gcdr-data"))
+        .arg("serve")
+        .env("DATABASE_URL", db)
+        .env("DYNAMODB_ENDPOINT", dynamodb)
+        .env("GCDR_STAGE", stage)
+        .env("GCDR_LISTEN_ADDR", &addr)
+        .env("GCDR_STORAGE_MODE", "dual_postgres_primary")
+        .env("GCDR_SECONDARY_TIMEOUT_MS", "600000")
+        .env("GCDR_OUTBOX_REPLAY_MS", "200")
+        .env("GCDR_OUTBOX_GRACE_MS", "1000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start gcdr-data serve");
+    let server = Serve(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            let health = HealthClient::new(ch.clone())
+                .check(HealthCheckRequest::default())
+                .await;
+            if health.is_ok_and(|h| h.into_inner().status == ServingStatus::Serving as i32) {
+                return (server, ch);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("gcdr-data serve did not start serving on {addr}");
+}
+
+fn create(name: &str, parent: Option<&str>) -> pb::CreateCustomerRequest {
+    pb::CreateCustomerRequest {
+        customer: Some(pb::Customer {
+            name: name.into(),
+            r#type: pb::CustomerType::Company as i32,
+            parent_customer_id: parent.map(str::to_owned),
+            ..Default::default()
+        }),
+    }
+}
+
+async fn create_customer(
+    c: &mut CustomerServiceClient<Channel>,
+    name: &str,
+    parent: Option<&str>,
+) -> String {
+    c.create_customer(req(T, create(name, parent)))
+        .await
+        .unwrap()
+        .into_inner()
+        .id
+}
+
+async fn move_under(c: &mut CustomerServiceClient<Channel>, id: &str, parent: &str) {
+    use pb::move_customer_request::Destination;
+    c.move_customer(req(
+        T,
+        pb::MoveCustomerRequest {
+            id: id.to_owned(),
+            destination: Some(Destination::NewParentCustomerId(parent.to_owned())),
+            expected_version: None,
+        },
+    ))
+    .await
+    .unwrap();
+}
+
+async fn delete(c: &mut CustomerServiceClient<Channel>, id: &str) {
+    c.delete_customer(req(
+        T,
+        pb::DeleteCustomerRequest {
+            id: id.to_owned(),
+            expected_version: None,
+        },
+    ))
+    .await
+    .unwrap();
+}
+
+/// Whether `to` holds exactly what `from` holds for every key in `same` and nothing
+/// for every key in `gone`, and `outbox` is empty; with what is not so yet.
+async fn converged(
+    from: &dyn Replica,
+    to: &dyn Replica,
+    outbox: &dyn Outbox,
+    same: &[RecordKey],
+    gone: &[RecordKey],
+) -> Result<(), String> {
+    for k in same {
+        let want = from.load(k).await.map_err(|e| e.to_string())?;
+        let got = to.load(k).await.map_err(|e| e.to_string())?;
+        match (want, got) {
+            (Some(w), Some(g)) if differing_fields(&w, &g).is_empty() => {}
+            (w, g) => return Err(format!("{k:?}: authoritative {w:?}, copy {g:?}")),
+        }
+    }
+    for k in gone {
+        if to.load(k).await.map_err(|e| e.to_string())?.is_some() {
+            return Err(format!("{k:?} is still in the copy"));
+        }
+    }
+    let left = outbox
+        .stale(Duration::ZERO, 100)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !left.is_empty() {
+        return Err(format!("intents left: {left:?}"));
+    }
+    Ok(())
+}
+
+async fn wait_converged(
+    from: &dyn Replica,
+    to: &dyn Replica,
+    outbox: &dyn Outbox,
+    same: &[RecordKey],
+    gone: &[RecordKey],
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match converged(from, to, outbox, same, gone).await {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("the copies were never replayed: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// The real binary, PostgreSQL authoritative, DynamoDB accepting connections but never
+/// answering: creates, an update, a delete and a move are acknowledged while every copy
+/// hangs in the queue. `kill -9`, restart against a working DynamoDB: it replays them
+/// all, and DynamoDB ends up holding exactly what PostgreSQL holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_queued_when_the_server_is_killed_are_replayed_after_restart() {
+    let stage = format!("t{}", Uuid::new_v4().simple());
+    let dynamo = DynamoStore::connect(&dynamo_config(&dynamo_url(), &stage)).await;
+    create_tables(dynamo.client(), dynamo.tables())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "no DynamoDB emulator at {} ({e}): `bash scripts/ensure-dynamodb.sh` starts one",
+                dynamo_url()
+            )
+        });
+    let db = fresh_database().await;
+    let pg = PgStore::connect(&db, &PoolConfig::default()).await.unwrap();
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_url = format!("http://{}", hole.local_addr().unwrap());
+
+    let (server, ch) = serve(&db, &hole_url, &stage).await;
+    let mut customers = CustomerServiceClient::new(ch);
+    let a = create_customer(&mut customers, "A", None).await;
+    let b = create_customer(&mut customers, "B", None).await;
+    let c = create_customer(&mut customers, "C", Some(&a)).await;
+    let gone = create_customer(&mut customers, "Gone", None).await;
+    // An earlier copy of `gone` did reach DynamoDB; its delete's copy will hang.
+    let gone_key = key(Entity::Customer, T, &gone);
+    let gone_rec = pg.load(&gone_key).await.unwrap().unwrap();
+    assert!(dynamo.upsert(&gone_rec).await.unwrap());
+    delete(&mut customers, &gone).await;
+    customers
+        .update_customer(req(
+            T,
+            pb::UpdateCustomerRequest {
+                id: a.clone(),
+                customer: Some(pb::Customer {
+                    name: "A renamed".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["name".into()],
+                }),
+                expected_version: None,
+            },
+        ))
+        .await
+        .unwrap();
+    move_under(&mut customers, &c, &b).await;
+
+    // Seven acknowledged writes, seven intents; no copy reached DynamoDB.
+    let intents = Outbox::stale(&pg, Duration::ZERO, 100).await.unwrap();
+    assert_eq!(intents.len(), 7, "{intents:?}");
+    assert!(intents.iter().all(|i| i.target == Backend::Dynamodb));
+    assert_eq!(intents.iter().filter(|i| i.subtree).count(), 1);
+    let a_key = key(Entity::Customer, T, &a);
+    assert!(dynamo.load(&a_key).await.unwrap().is_none());
+
+    drop(server); // SIGKILL
+    drop(hole);
+    let (_server, _) = serve(&db, &dynamo_url(), &stage).await;
+    let same = [
+        a_key,
+        key(Entity::Customer, T, &b),
+        key(Entity::Customer, T, &c),
+    ];
+    wait_converged(&pg, &dynamo, &pg, &same, &[gone_key]).await;
+    let Some(Record::Customer(moved)) = dynamo.load(&same[2]).await.unwrap() else {
+        panic!("C is not a customer in DynamoDB");
+    };
+    assert_eq!(moved.parent_id.map(|p| p.0.to_string()), Some(b));
+}
+
+/// DynamoDB authoritative: copies that a dead process owed PostgreSQL (intents left in
+/// DynamoDB's outbox, PostgreSQL behind) are replayed by a running replica once they
+/// are older than the grace: a record, a moved subtree, and a delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_copies_in_the_dynamodb_outbox_are_replayed_to_postgres() {
+    let s = ModeServer::start_tuned(StorageMode::DualDynamodbPrimary, &dynamo_url(), |st| {
+        st.outbox_replay = Duration::from_millis(100);
+        st.outbox_grace = Duration::from_millis(300);
+    })
+    .await;
+    let mut customers = s.customers();
+    let r1 = create_customer(&mut customers, "R1", None).await;
+    let r2 = create_customer(&mut customers, "R2", None).await;
+    let c = create_customer(&mut customers, "C", Some(&r1)).await;
+    let g = create_customer(&mut customers, "G", Some(&c)).await;
+    let d = create_customer(&mut customers, "D", None).await;
+    let k = |id: &str| key(Entity::Customer, T, id);
+    s.replicator.flush().await;
+    let d_rec = s.pg.load(&k(&d)).await.unwrap().unwrap();
+    move_under(&mut customers, &c, &r2).await;
+    delete(&mut customers, &d).await;
+    s.replicator.flush().await;
+    converged(
+        &s.dynamo,
+        &s.pg,
+        &s.dynamo,
+        &[k(&r1), k(&c), k(&g)],
+        &[k(&d)],
+    )
+    .await
+    .expect("live copies applied");
+
+    // As if the process had died before copying: PostgreSQL misses R1, the moved
+    // subtree (C and G) and D's delete; DynamoDB's outbox holds the intents.
+    assert!(s.pg.upsert(&d_rec).await.unwrap());
+    for id in [&r1, &g, &c] {
+        s.pg.remove(&k(id)).await.unwrap();
+    }
+    for (id, subtree) in [(&r1, false), (&c, true), (&d, false)] {
+        let intent = Intent {
+            id: Uuid::new_v4(),
+            key: k(id),
+            target: Backend::Postgres,
+            subtree,
+        };
+        Outbox::intend(&s.dynamo, &intent).await.unwrap();
+    }
+    assert!(s.pg.load(&k(&d)).await.unwrap().is_some());
+    wait_converged(
+        &s.dynamo,
+        &s.pg,
+        &s.dynamo,
+        &[k(&r1), k(&c), k(&g)],
+        &[k(&d)],
+    )
+    .await;
+}
