@@ -162,7 +162,9 @@ impl Replicator {
 
     /// Clears an intent whose copy is not needed (its write failed).
     fn clear(&self, primary: &Backed, intent: Intent) {
-        let _ = self.clearer.send(Clear::Intent(primary.outbox.clone(), intent));
+        let _ = self
+            .clearer
+            .send(Clear::Intent(primary.outbox.clone(), intent));
     }
 
     async fn enqueue(&self, job: Job) {
@@ -307,7 +309,10 @@ async fn apply(job: &Job) -> StoreResult<()> {
         Op::Upsert(record) => secondary.upsert(record).await.map(|_| ()),
         Op::Remove => secondary.remove(&job.key).await,
         Op::Reload => match job.primary.replica.load(&job.key).await? {
-            Some(record) => secondary.upsert(&record).await.map(|_| ()),
+            Some(record) => {
+                secondary.upsert(&record).await?;
+                drop_if_gone(job, &job.key).await
+            }
             None => secondary.remove(&job.key).await,
         },
         Op::Subtree => {
@@ -316,9 +321,31 @@ async fn apply(job: &Job) -> StoreResult<()> {
             for r in &records {
                 secondary.upsert(r).await?;
             }
+            let again: std::collections::HashSet<RecordKey> =
+                subtree_records(&job.primary.store, &job.key)
+                    .await?
+                    .iter()
+                    .map(Record::key)
+                    .collect();
+            for r in records.iter().rev() {
+                let k = r.key();
+                if !again.contains(&k) {
+                    drop_if_gone(job, &k).await?;
+                }
+            }
             Ok(())
         }
     }
+}
+
+/// A record re-read from the primary can be deleted there before its copy lands, and
+/// the delete's own copy (another worker's, or another replica's) can land first:
+/// when the record is gone from the primary now, the copy is removed too.
+async fn drop_if_gone(job: &Job, key: &RecordKey) -> StoreResult<()> {
+    if job.primary.replica.load(key).await?.is_none() {
+        job.secondary.replica.remove(key).await?;
+    }
+    Ok(())
 }
 
 /// The most nodes one moved subtree copy reads.
@@ -494,7 +521,11 @@ impl Router {
         let value = match done {
             Ok(v) => v,
             Err(e) => {
-                if noted {
+                // A definite refusal wrote nothing. After an unavailable or internal
+                // error the write may have landed (a lost connection after COMMIT):
+                // the intent stays and is replayed, which re-reads the record.
+                let refused = !matches!(e, StoreError::Unavailable(_) | StoreError::Internal(_));
+                if noted && refused {
                     self.replicator.clear(r.primary, intent);
                 }
                 return Err(e);
@@ -581,21 +612,35 @@ impl Router {
     /// Replays up to `limit` intents of each store's outbox written more than `grace`
     /// ago: each re-reads the record (or moved subtree) from the store holding the
     /// intent and copies it to the store it targets, never moving a record backwards.
-    /// Waits for the copies; returns how many were replayed.
+    /// An intent whose tenant is no longer in the mode it was written in (the holder
+    /// authoritative, the target secondary), or whose target is not configured, is
+    /// not replayed, since the copy could overwrite what is authoritative now: it is
+    /// recorded in the holder's divergence log for verify and reconcile instead. Waits
+    /// for the copies; returns how many were replayed.
     pub async fn replay_stale(&self, grace: Duration, limit: usize) -> StoreResult<usize> {
         let mut replayed = 0;
+        let mut failure = None;
         let stores = [
             (Backend::Postgres, Some(&self.postgres)),
             (Backend::Dynamodb, self.dynamodb.as_ref()),
         ];
         for (backend, holder) in stores {
             let Some(holder) = holder else { continue };
-            for intent in holder.outbox.stale(grace, limit).await? {
-                let Ok(target) = self.backed(intent.target) else {
-                    tracing::warn!(
-                        target = intent.target.as_str(),
-                        "an outbox intent targets a store that is not configured; left in place"
-                    );
+            let intents = match holder.outbox.stale(grace, limit).await {
+                Ok(i) => i,
+                Err(e) => {
+                    failure = Some(e);
+                    continue;
+                }
+            };
+            for intent in intents {
+                let mode = self.modes.for_tenant(intent.key.tenant.as_str());
+                let target = self.backed(intent.target);
+                let (Ok(target), true) = (
+                    target,
+                    mode.primary() == backend && mode.secondary() == Some(intent.target),
+                ) else {
+                    self.set_aside(holder, intent).await;
                     continue;
                 };
                 tracing::info!(entity = intent.key.entity.as_str(), tenant = %intent.key.tenant,
@@ -621,7 +666,32 @@ impl Router {
             }
         }
         self.replicator.flush().await;
-        Ok(replayed)
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(replayed),
+        }
+    }
+
+    /// Records an intent that must not be replayed as a divergence, then clears it.
+    async fn set_aside(&self, holder: &Backed, intent: Intent) {
+        let why = "unfinished copy from before a storage mode change (or to a store no \
+                   longer configured): verify, then reconcile";
+        match holder
+            .log
+            .record(&intent.key, intent.target, "replay", why)
+            .await
+        {
+            Ok(()) => {
+                self.metrics
+                    .incr("outbox_set_aside", &[("store", intent.target.as_str())]);
+                tracing::warn!(entity = intent.key.entity.as_str(), tenant = %intent.key.tenant,
+                    id = %intent.key.id, to = intent.target.as_str(), "{why}");
+                let _ = holder.outbox.clear(std::slice::from_ref(&intent)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record an unfinished copy; retrying later")
+            }
+        }
     }
 
     /// Replays stale intents every `interval`, for ever.
@@ -630,7 +700,8 @@ impl Router {
             loop {
                 tokio::time::sleep(interval).await;
                 if let Err(e) = self.replay_stale(grace, 1000).await {
-                    tracing::debug!(error = %e, "outbox replay failed; retrying later");
+                    self.metrics.incr("outbox_replay_failed", &[]);
+                    tracing::warn!(error = %e, "cannot read an outbox; retrying later");
                 }
             }
         })

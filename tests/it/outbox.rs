@@ -303,3 +303,61 @@ async fn unfinished_copies_in_the_dynamodb_outbox_are_replayed_to_postgres() {
     )
     .await;
 }
+
+/// An intent left from before a mode change is not replayed: after a rollback to
+/// DynamoDB-primary, copying PostgreSQL's record would overwrite the now-authoritative
+/// DynamoDB one. It is recorded as a divergence (for verify and reconcile) and cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intent_from_before_a_mode_change_is_set_aside_not_replayed() {
+    let s = ModeServer::start_tuned(StorageMode::DualPostgresPrimary, &dynamo_url(), |st| {
+        st.outbox_replay = Duration::from_millis(100);
+        st.outbox_grace = Duration::from_millis(300);
+    })
+    .await;
+    let mut customers = s.customers();
+    let id = create_customer(&mut customers, "Kept", None).await;
+    s.replicator.flush().await;
+    let k = key(Entity::Customer, T, &id);
+    s.admin()
+        .set_storage_mode(crate::storage_modes::admin_req(pb::SetStorageModeRequest {
+            mode: pb::StorageMode::DualDynamodbPrimary as i32,
+            tenant_id: T.into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    // PostgreSQL (now the secondary) holds another copy at the same version, and an
+    // intent a dead process left in its outbox.
+    let Some(Record::Customer(mut stale)) = s.pg.load(&k).await.unwrap() else {
+        panic!("not copied to PostgreSQL");
+    };
+    stale.name = "Stale".into();
+    assert!(s.pg.upsert(&Record::Customer(stale)).await.unwrap());
+    let intent = Intent {
+        id: Uuid::new_v4(),
+        key: k.clone(),
+        target: Backend::Dynamodb,
+        subtree: false,
+    };
+    Outbox::intend(&s.pg, &intent).await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logged = gcdr_data::storage::replica::DivergenceLog::list(&s.pg, None)
+            .await
+            .unwrap();
+        let left = Outbox::stale(&s.pg, Duration::ZERO, 10).await.unwrap();
+        if left.is_empty() && logged.iter().any(|d| d.key == k && d.operation == "replay") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never set aside: {left:?} {logged:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some(Record::Customer(kept)) = s.dynamo.load(&k).await.unwrap() else {
+        panic!("gone from DynamoDB");
+    };
+    assert_eq!(kept.name, "Kept");
+}

@@ -390,6 +390,18 @@ async fn every_mode_serves_the_lifecycle_and_dual_modes_keep_both_stores_equal()
                 "{mode}: intents left in {b:?}'s outbox: {left:?}"
             );
         }
+        let status = s
+            .admin()
+            .get_replication_status(admin_req(pb::GetReplicationStatusRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        let failed: Vec<_> = status
+            .counters
+            .iter()
+            .filter(|c| c.name.starts_with("outbox_"))
+            .collect();
+        assert!(failed.is_empty(), "{mode}: {failed:?}");
     }
 }
 

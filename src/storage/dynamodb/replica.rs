@@ -270,9 +270,12 @@ impl Outbox for DynamoStore {
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| crate::storage::StoreError::Internal(e.into()))?;
-            for _ in 0..5 {
+            for attempt in 0..5u64 {
                 if pending.is_empty() {
                     break;
+                }
+                if attempt > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
                 }
                 let out = self
                     .client
@@ -285,6 +288,12 @@ impl Outbox for DynamoStore {
                     .unprocessed_items
                     .and_then(|mut u| u.remove(&self.tables.outbox))
                     .unwrap_or_default();
+            }
+            if !pending.is_empty() {
+                return Err(crate::storage::StoreError::Unavailable(format!(
+                    "DynamoDB left {} outbox deletions unprocessed",
+                    pending.len()
+                )));
             }
         }
         Ok(())
@@ -308,25 +317,29 @@ impl Outbox for DynamoStore {
                 .await
                 .map_err(sdk_error)?;
             for item in page.items.unwrap_or_default() {
+                // Only this service writes the outbox; an item it cannot read is skipped
+                // (and logged) rather than blocking every other replay.
                 let r = ItemReader::new("replication-outbox", &item);
-                let (Some(entity), Some(tenant), Ok(id), Ok(intent), Some(target)) = (
-                    Entity::parse(&r.s("entity")?),
-                    TenantId::parse(&r.s("tenantId")?),
-                    Uuid::parse_str(&r.s("entityId")?),
-                    Uuid::parse_str(&r.s("id")?),
-                    Backend::parse(&r.s("targetStore")?),
-                ) else {
-                    continue;
-                };
-                out.push((
-                    r.s("createdAt")?,
-                    Intent {
-                        id: intent,
-                        key: RecordKey { entity, tenant, id },
-                        target,
-                        subtree: r.bool_or("subtree", false)?,
-                    },
-                ));
+                let text = |k: &str| r.s(k).ok();
+                let parsed = (|| {
+                    Some((
+                        text("createdAt")?,
+                        Intent {
+                            id: Uuid::parse_str(&text("id")?).ok()?,
+                            key: RecordKey {
+                                entity: Entity::parse(&text("entity")?)?,
+                                tenant: TenantId::parse(&text("tenantId")?)?,
+                                id: Uuid::parse_str(&text("entityId")?).ok()?,
+                            },
+                            target: Backend::parse(&text("targetStore")?)?,
+                            subtree: r.bool_or("subtree", false).ok()?,
+                        },
+                    ))
+                })();
+                match parsed {
+                    Some(p) => out.push(p),
+                    None => tracing::warn!(?item, "unreadable outbox item skipped"),
+                }
             }
             match page.last_evaluated_key {
                 Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),

@@ -130,7 +130,7 @@ impl PgStore {
     /// database is down (health then reports NOT_SERVING until it comes back).
     pub async fn connect(url: &str, cfg: &PoolConfig) -> anyhow::Result<Self> {
         let pool = build_pool(url, cfg, cfg.max_size, cfg.min_idle, "");
-        let outbox_size = (cfg.max_size / 4).clamp(1, 4);
+        let outbox_size = (cfg.max_size / 2).clamp(2, 8);
         let outbox_pool = build_pool(
             url,
             cfg,

@@ -281,7 +281,10 @@ async fn touch(conn: &mut AsyncPgConnection, tenant: &TenantId, id: Uuid) -> Sto
             .filter(dsl::tenant_id.eq(tenant.as_str()))
             .filter(dsl::id.eq(id)),
     )
-    .set((dsl::version.eq(dsl::version + 1), dsl::updated_at.eq(Utc::now())))
+    .set((
+        dsl::version.eq(dsl::version + 1),
+        dsl::updated_at.eq(Utc::now()),
+    ))
     .execute(conn)
     .await?;
     Ok(())
@@ -546,7 +549,7 @@ impl PartnerStore for PgStore {
             conn.transaction(async |conn| {
                 let revoked = {
                     credential_owner(conn, &ctx.tenant, partner, &[]).await?;
-                touch(conn, &ctx.tenant, partner).await?;
+                    touch(conn, &ctx.tenant, partner).await?;
                     revoke_key(conn, &ctx.tenant, partner, old).await?
                 };
                 new.name = revoked.name;

@@ -531,8 +531,11 @@ impl Outbox for PgStore {
 
     async fn stale(&self, age: std::time::Duration, limit: usize) -> StoreResult<Vec<Intent>> {
         let mut conn = self.conn().await?;
-        let cutoff = chrono::Utc::now()
-            - chrono::Duration::from_std(age).unwrap_or_else(|_| chrono::Duration::zero());
+        // The database's clock, which also stamped the intents.
+        let cutoff = diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+            "created_at < now() - interval '{} milliseconds'",
+            age.as_millis()
+        ));
         type Row = (Uuid, String, String, String, String, bool);
         let rows: Vec<Row> = ro::table
             .select((
@@ -543,7 +546,7 @@ impl Outbox for PgStore {
                 ro::target_store,
                 ro::subtree,
             ))
-            .filter(ro::created_at.lt(cutoff))
+            .filter(cutoff)
             .order(ro::created_at)
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .load(&mut conn)
