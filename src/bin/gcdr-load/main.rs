@@ -5,6 +5,10 @@
 //! drives one RPC at a fixed concurrency over gRPC and prints throughput and latency
 //! percentiles. `scripts/bench.sh` runs the whole comparison against pgbench.
 
+/// jemalloc, as the server: decoding 1,000-customer responses allocates heavily.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod legacy;
 
 use std::time::{Duration, Instant};
