@@ -56,11 +56,24 @@ pub struct TenantId(String);
 impl TenantId {
     /// Validates a tenant id.
     pub fn parse(s: &str) -> Option<Self> {
-        let ok = !s.is_empty()
+        Self::valid(s).then(|| Self(s.to_owned()))
+    }
+
+    /// Validates an owned tenant id without copying it; gives it back when invalid.
+    pub fn parse_owned(s: String) -> Result<Self, String> {
+        if Self::valid(&s) { Ok(Self(s)) } else { Err(s) }
+    }
+
+    fn valid(s: &str) -> bool {
+        !s.is_empty()
             && s.len() <= 128
             && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-        ok.then(|| Self(s.to_owned()))
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    }
+
+    /// The tenant id, moved out.
+    pub fn into_string(self) -> String {
+        self.0
     }
 
     /// The tenant id as stored.

@@ -360,7 +360,7 @@ impl From<Asset> for pb::Asset {
         } = specs;
         pb::Asset {
             id: id.to_string(),
-            tenant_id: tenant_id.to_string(),
+            tenant_id: tenant_id.into_string(),
             customer_id: customer_id.to_string(),
             parent_asset_id: parent_id.map(|p| p.to_string()),
             path,

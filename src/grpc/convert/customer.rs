@@ -378,7 +378,7 @@ impl From<Customer> for pb::Customer {
         } = c;
         pb::Customer {
             id: id.to_string(),
-            tenant_id: tenant_id.to_string(),
+            tenant_id: tenant_id.into_string(),
             parent_customer_id: parent_id.map(|p| p.to_string()),
             path,
             depth,

@@ -475,7 +475,7 @@ impl From<Device> for pb::Device {
         } = specs;
         pb::Device {
             id: id.to_string(),
-            tenant_id: tenant_id.to_string(),
+            tenant_id: tenant_id.into_string(),
             asset_id: asset_id.to_string(),
             customer_id: customer_id.to_string(),
             name,

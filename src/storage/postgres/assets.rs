@@ -84,8 +84,7 @@ impl AssetRow {
             StoreError::Internal(format!("assets row has bad {what} {v:?}").into())
         };
         Ok(Asset {
-            tenant_id: TenantId::parse(&self.tenant_id)
-                .ok_or_else(|| bad("tenant_id", &self.tenant_id))?,
+            tenant_id: TenantId::parse_owned(self.tenant_id).map_err(|t| bad("tenant_id", &t))?,
             id: AssetId(self.id),
             customer_id: CustomerId(self.customer_id),
             parent_id: self.parent_asset_id.map(AssetId),
@@ -110,8 +109,14 @@ impl AssetRow {
     }
 }
 
+/// Sized up front: collecting `Result`s cannot know the length, and growing a vector
+/// of a thousand large records copies them again and again.
 fn rows_into(rows: Vec<AssetRow>) -> StoreResult<Vec<Asset>> {
-    rows.into_iter().map(AssetRow::into_domain).collect()
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push(row.into_domain()?);
+    }
+    Ok(out)
 }
 
 const NOT_FOUND: StoreError = StoreError::NotFound { entity: "asset" };

@@ -45,8 +45,7 @@ impl AssignmentRow {
             StoreError::Internal(format!("role_assignments row has bad {what} {v:?}").into())
         };
         Ok(RoleAssignment {
-            tenant_id: TenantId::parse(&self.tenant_id)
-                .ok_or_else(|| bad("tenant_id", &self.tenant_id))?,
+            tenant_id: TenantId::parse_owned(self.tenant_id).map_err(|t| bad("tenant_id", &t))?,
             id: self.id,
             user_id: self.user_id,
             role_key,

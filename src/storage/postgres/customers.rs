@@ -80,8 +80,7 @@ impl CustomerRow {
             StoreError::Internal(format!("customers row has bad {what} {v:?}").into())
         };
         Ok(Customer {
-            tenant_id: TenantId::parse(&self.tenant_id)
-                .ok_or_else(|| bad("tenant_id", &self.tenant_id))?,
+            tenant_id: TenantId::parse_owned(self.tenant_id).map_err(|t| bad("tenant_id", &t))?,
             id: CustomerId(self.id),
             parent_id: self.parent_customer_id.map(CustomerId),
             path: self.path,
@@ -114,8 +113,14 @@ impl CustomerRow {
     }
 }
 
+/// Sized up front: collecting `Result`s cannot know the length, and growing a vector
+/// of a thousand large records copies them again and again.
 fn rows_into(rows: Vec<CustomerRow>) -> StoreResult<Vec<Customer>> {
-    rows.into_iter().map(CustomerRow::into_domain).collect()
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push(row.into_domain()?);
+    }
+    Ok(out)
 }
 
 const NOT_FOUND: StoreError = StoreError::NotFound { entity: "customer" };

@@ -92,8 +92,7 @@ impl DeviceRow {
             StoreError::Internal(format!("devices row has bad {what} {v:?}").into())
         };
         Ok(Device {
-            tenant_id: TenantId::parse(&self.tenant_id)
-                .ok_or_else(|| bad("tenant_id", &self.tenant_id))?,
+            tenant_id: TenantId::parse_owned(self.tenant_id).map_err(|t| bad("tenant_id", &t))?,
             id: DeviceId(self.id),
             asset_id: AssetId(self.asset_id),
             customer_id: CustomerId(self.customer_id),

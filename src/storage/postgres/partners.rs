@@ -90,8 +90,7 @@ impl PartnerRow {
             StoreError::Internal(format!("partners row has bad {what} {v:?}").into())
         };
         Ok(Partner {
-            tenant_id: TenantId::parse(&self.tenant_id)
-                .ok_or_else(|| bad("tenant_id", &self.tenant_id))?,
+            tenant_id: TenantId::parse_owned(self.tenant_id).map_err(|t| bad("tenant_id", &t))?,
             id: self.id,
             status: PartnerStatus::parse(&self.status)
                 .ok_or_else(|| bad("status", &self.status))?,

@@ -64,8 +64,7 @@ impl PolicyRow {
             StoreError::Internal(format!("policies row has bad {what} {v:?}").into())
         };
         Ok(Policy {
-            tenant_id: TenantId::parse(&self.tenant_id)
-                .ok_or_else(|| bad("tenant_id", &self.tenant_id))?,
+            tenant_id: TenantId::parse_owned(self.tenant_id).map_err(|t| bad("tenant_id", &t))?,
             id: self.id,
             key: self.key,
             display_name: self.display_name,

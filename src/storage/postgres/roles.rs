@@ -59,8 +59,7 @@ impl RoleRow {
             StoreError::Internal(format!("roles row has bad {what} {v:?}").into())
         };
         Ok(Role {
-            tenant_id: TenantId::parse(&self.tenant_id)
-                .ok_or_else(|| bad("tenant_id", &self.tenant_id))?,
+            tenant_id: TenantId::parse_owned(self.tenant_id).map_err(|t| bad("tenant_id", &t))?,
             id: self.id,
             key: self.key,
             display_name: self.display_name,
