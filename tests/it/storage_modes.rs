@@ -145,6 +145,14 @@ impl ModeServer {
         }
     }
 
+    pub async fn replication_status(&self) -> pb::GetReplicationStatusResponse {
+        self.admin()
+            .get_replication_status(admin_req(pb::GetReplicationStatusRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     pub fn outbox(&self, b: Backend) -> &dyn Outbox {
         match b {
             Backend::Postgres => &self.pg,
@@ -390,12 +398,7 @@ async fn every_mode_serves_the_lifecycle_and_dual_modes_keep_both_stores_equal()
                 "{mode}: intents left in {b:?}'s outbox: {left:?}"
             );
         }
-        let status = s
-            .admin()
-            .get_replication_status(admin_req(pb::GetReplicationStatusRequest::default()))
-            .await
-            .unwrap()
-            .into_inner();
+        let status = s.replication_status().await;
         let failed: Vec<_> = status
             .counters
             .iter()
@@ -425,12 +428,7 @@ async fn a_failing_secondary_never_fails_a_call_and_the_divergence_is_recorded()
             "no divergence recorded for {k:?}: {recorded:?}"
         );
     }
-    let status = s
-        .admin()
-        .get_replication_status(admin_req(pb::GetReplicationStatusRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    let status = s.replication_status().await;
     assert!(
         status
             .counters
