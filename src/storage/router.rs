@@ -504,7 +504,15 @@ impl Router {
             let noted = outbox.intend(&intent).await;
             (write.await, noted)
         } else {
-            tokio::join!(write, outbox.intend(&intent))
+            // Spawned, so the intent is written even when the caller is cancelled
+            // after the write went out.
+            let (outbox, copy) = (outbox.clone(), intent.clone());
+            let noting = tokio::spawn(async move { outbox.intend(&copy).await });
+            let (done, noted) = tokio::join!(write, noting);
+            (
+                done,
+                noted.unwrap_or_else(|e| Err(StoreError::Internal(e.into()))),
+            )
         };
         let noted = match noted {
             Ok(()) => true,
