@@ -10,7 +10,7 @@ use crate::storage::Store;
 use crate::storage::dynamodb::{DynamoConfig, DynamoStore};
 use crate::storage::mode::{Backend, ModeTable, Modes, StorageMode};
 use crate::storage::postgres::PgStore;
-use crate::storage::replica::DivergenceLog;
+use crate::storage::replica::{DivergenceLog, Outbox};
 use crate::storage::router::{Backed, Metrics, ModeSync, Replicator, Router};
 
 /// Storage settings (see `config`).
@@ -83,11 +83,14 @@ pub async fn build_storage(pg: PgStore, s: &StorageSettings) -> anyhow::Result<S
         log: pg_arc.clone(),
         outbox: pg_arc.clone(),
     };
-    let mut logs: Vec<(Backend, Arc<dyn DivergenceLog>)> = vec![(Backend::Postgres, pg_arc)];
+    let mut logs: Vec<(Backend, Arc<dyn DivergenceLog>)> =
+        vec![(Backend::Postgres, pg_arc.clone())];
+    let mut outboxes: Vec<(Backend, Arc<dyn Outbox>)> = vec![(Backend::Postgres, pg_arc)];
     let dynamodb = match &s.dynamodb {
         Some(cfg) => {
             let d = Arc::new(DynamoStore::connect(cfg).await);
             logs.push((Backend::Dynamodb, d.clone()));
+            outboxes.push((Backend::Dynamodb, d.clone()));
             Some(Backed {
                 store: Store::dynamodb((*d).clone()),
                 replica: d.clone(),
@@ -145,6 +148,8 @@ pub async fn build_storage(pg: PgStore, s: &StorageSettings) -> anyhow::Result<S
             dynamodb_enabled,
             metrics,
             logs,
+            outboxes,
+            outbox_grace: s.outbox_grace,
         },
         replicator,
         poller,

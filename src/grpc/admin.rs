@@ -1,6 +1,7 @@
 //! StorageAdminService: the runtime storage switch, behind a bearer token.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
@@ -11,7 +12,7 @@ use crate::pb;
 use crate::pb::storage_admin_service_server::StorageAdminService;
 use crate::storage::mode::{Backend, StorageMode};
 use crate::storage::postgres::GLOBAL;
-use crate::storage::replica::DivergenceLog;
+use crate::storage::replica::{DivergenceLog, Outbox};
 use crate::storage::router::{Metrics, ModeSync};
 
 /// What the admin service works with.
@@ -24,6 +25,30 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Each store's divergence log.
     pub logs: Vec<(Backend, Arc<dyn DivergenceLog>)>,
+    /// Each store's outbox of copies not yet confirmed.
+    pub outboxes: Vec<(Backend, Arc<dyn Outbox>)>,
+    /// `GCDR_OUTBOX_GRACE_MS`: an intent older than this is overdue (replayed).
+    pub outbox_grace: Duration,
+}
+
+/// The most intents one status call counts per store.
+const OUTBOX_COUNT_LIMIT: usize = 10_000;
+
+/// How long a status call waits for one store's log or outbox: an unreachable store is
+/// reported unreadable rather than holding the call for the SDK's retries.
+const STATUS_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `fut`, or `Unavailable` after [`STATUS_READ_TIMEOUT`].
+async fn bounded<T>(
+    fut: impl Future<Output = crate::storage::StoreResult<T>>,
+) -> crate::storage::StoreResult<T> {
+    tokio::time::timeout(STATUS_READ_TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::storage::StoreError::Unavailable(format!(
+                "no answer within {STATUS_READ_TIMEOUT:?}"
+            )))
+        })
 }
 
 /// The StorageAdminService handler.
@@ -213,7 +238,7 @@ impl StorageAdminService for StorageAdminHandler {
         let mut divergences = Vec::new();
         for (backend, log) in &self.state.logs {
             // One store being down must not hide what the other recorded.
-            let list = match log.list(tenant.as_ref()).await {
+            let list = match bounded(log.list(tenant.as_ref())).await {
                 Ok(list) => list,
                 Err(e) => {
                     tracing::warn!(store = backend.as_str(), error = %e,
@@ -235,6 +260,36 @@ impl StorageAdminService for StorageAdminHandler {
                 failures: d.failures,
                 recorded_in: backend.as_str().to_owned(),
             }));
+        }
+        // Copies owed, for every replica together: all intents, and those older than
+        // the grace (their process died, or their copy is stuck). Reported when not 0.
+        for (backend, outbox) in &self.state.outboxes {
+            let store = backend.as_str();
+            let counts = async {
+                let pending = outbox.stale(Duration::ZERO, OUTBOX_COUNT_LIMIT).await?;
+                let cutoff = self.state.outbox_grace;
+                let overdue = outbox.stale(cutoff, OUTBOX_COUNT_LIMIT).await?;
+                Ok::<_, crate::storage::StoreError>((pending.len(), overdue.len()))
+            };
+            let (pending, overdue) = match bounded(counts).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(store, error = %e, "cannot read an outbox");
+                    counters.push(pb::ReplicationCounter {
+                        name: format!("outbox_unreadable{{store={store}}}"),
+                        value: 1,
+                    });
+                    continue;
+                }
+            };
+            for (name, n) in [("outbox_pending", pending), ("outbox_overdue", overdue)] {
+                if n > 0 {
+                    counters.push(pb::ReplicationCounter {
+                        name: format!("{name}{{store={store}}}"),
+                        value: n as u64,
+                    });
+                }
+            }
         }
         Ok(Response::new(pb::GetReplicationStatusResponse {
             counters,

@@ -49,6 +49,7 @@ async fn serve(db: &str, dynamodb: &str, stage: &str) -> (Serve, Channel) {
         .env("GCDR_SECONDARY_TIMEOUT_MS", "600000")
         .env("GCDR_OUTBOX_REPLAY_MS", "200")
         .env("GCDR_OUTBOX_GRACE_MS", "1000")
+        .env("GCDR_ADMIN_TOKEN", "test-admin-token")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -194,7 +195,7 @@ async fn copies_queued_when_the_server_is_killed_are_replayed_after_restart() {
     let hole_url = format!("http://{}", hole.local_addr().unwrap());
 
     let (server, ch) = serve(&db, &hole_url, &stage).await;
-    let mut customers = CustomerServiceClient::new(ch);
+    let mut customers = CustomerServiceClient::new(ch.clone());
     let a = create_customer(&mut customers, "A", None).await;
     let b = create_customer(&mut customers, "B", None).await;
     let c = create_customer(&mut customers, "C", Some(&a)).await;
@@ -230,6 +231,22 @@ async fn copies_queued_when_the_server_is_killed_are_replayed_after_restart() {
     assert_eq!(intents.iter().filter(|i| i.subtree).count(), 1);
     let a_key = key(Entity::Customer, T, &a);
     assert!(dynamo.load(&a_key).await.unwrap().is_none());
+    // The operator sees them too.
+    let status = pb::storage_admin_service_client::StorageAdminServiceClient::new(ch.clone())
+        .get_replication_status(crate::storage_modes::admin_req(
+            pb::GetReplicationStatusRequest::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status
+            .counters
+            .iter()
+            .any(|c| c.name == "outbox_pending{store=postgres}" && c.value == 7),
+        "{:?}",
+        status.counters
+    );
 
     drop(server); // SIGKILL
     drop(hole);
