@@ -150,18 +150,36 @@ impl ModeTable {
 }
 
 /// The mode table this process routes by; replaced whole when a change is observed.
+/// Writes route through a gate: a change waits for the writes routed by the old table
+/// to queue their copies, and holds new writes back until it is published.
 #[derive(Clone, Debug)]
-pub struct Modes(Arc<RwLock<Arc<ModeTable>>>);
+pub struct Modes {
+    table: Arc<RwLock<Arc<ModeTable>>>,
+    gate: Arc<tokio::sync::RwLock<()>>,
+}
 
 impl Modes {
     /// Starts with `table`.
     pub fn new(table: ModeTable) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(table))))
+        Self {
+            table: Arc::new(RwLock::new(Arc::new(table))),
+            gate: Arc::new(tokio::sync::RwLock::new(())),
+        }
     }
 
     /// The current table.
     pub fn current(&self) -> Arc<ModeTable> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Held by a write from routing until its copy is queued.
+    pub async fn write_pass(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.gate.clone().read_owned().await
+    }
+
+    /// Held by a mode change: no write is between routing and queueing its copy.
+    pub async fn exclusive(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.gate.clone().write_owned().await
     }
 
     /// The mode of `tenant` now.
@@ -171,7 +189,7 @@ impl Modes {
 
     /// Publishes a new table.
     pub fn publish(&self, table: ModeTable) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
     }
 }
 

@@ -411,6 +411,8 @@ struct Route<'a> {
     mode: StorageMode,
     primary: &'a Backed,
     secondary: Option<&'a Backed>,
+    /// A write's pass through the mode gate, held until its copy is queued.
+    _pass: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
 }
 
 impl Router {
@@ -472,7 +474,18 @@ impl Router {
             mode,
             primary: self.backed(mode.primary())?,
             secondary: mode.secondary().map(|b| self.backed(b)).transpose()?,
+            _pass: None,
         })
+    }
+
+    /// A write's route, holding its pass through the mode gate until the route is
+    /// dropped (after the copy is queued): a mode change waits for it, so the store
+    /// that becomes authoritative receives every copy before it serves.
+    async fn write_route(&self, tenant: &TenantId) -> StoreResult<Route<'_>> {
+        let pass = self.modes.write_pass().await;
+        let mut r = self.route(tenant)?;
+        r._pass = Some(pass);
+        Ok(r)
     }
 
     /// Runs `write` on the route's primary store and, in a dual mode, queues its copy
@@ -736,7 +749,7 @@ impl HealthProbe for Router {
 #[async_trait]
 impl CustomerStore for Router {
     async fn create(&self, ctx: &Ctx, new: NewCustomer) -> StoreResult<Customer> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Customer, &ctx.tenant, new.id.0);
         let w = r.primary.store.customers.create(ctx, new);
         self.write_record(&r, k, w, Record::Customer).await
@@ -758,13 +771,13 @@ impl CustomerStore for Router {
         patch: CustomerPatch,
         expected: Option<i64>,
     ) -> StoreResult<Customer> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Customer, &ctx.tenant, id.0);
         let w = r.primary.store.customers.update(ctx, id, patch, expected);
         self.write_record(&r, k, w, Record::Customer).await
     }
     async fn delete(&self, tenant: &TenantId, id: CustomerId, exp: Option<i64>) -> StoreResult<()> {
-        let r = self.route(tenant)?;
+        let r = self.write_route(tenant).await?;
         let k = key(Entity::Customer, tenant, id.0);
         let w = r.primary.store.customers.delete(tenant, id, exp);
         self.write_then(&r, k, Op::Remove, w).await
@@ -811,7 +824,7 @@ impl CustomerStore for Router {
         new_parent: Option<CustomerId>,
         expected: Option<i64>,
     ) -> StoreResult<Customer> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Customer, &ctx.tenant, id.0);
         let w = r
             .primary
@@ -825,7 +838,7 @@ impl CustomerStore for Router {
 #[async_trait]
 impl AssetStore for Router {
     async fn create(&self, ctx: &Ctx, new: NewAsset) -> StoreResult<Asset> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Asset, &ctx.tenant, new.id.0);
         let w = r.primary.store.assets.create(ctx, new);
         self.write_record(&r, k, w, Record::Asset).await
@@ -853,13 +866,13 @@ impl AssetStore for Router {
         patch: AssetPatch,
         expected: Option<i64>,
     ) -> StoreResult<Asset> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Asset, &ctx.tenant, id.0);
         let w = r.primary.store.assets.update(ctx, id, patch, expected);
         self.write_record(&r, k, w, Record::Asset).await
     }
     async fn delete(&self, tenant: &TenantId, id: AssetId, exp: Option<i64>) -> StoreResult<()> {
-        let r = self.route(tenant)?;
+        let r = self.write_route(tenant).await?;
         let k = key(Entity::Asset, tenant, id.0);
         let w = r.primary.store.assets.delete(tenant, id, exp);
         self.write_then(&r, k, Op::Remove, w).await
@@ -917,7 +930,7 @@ impl AssetStore for Router {
         to: AssetDestination,
         expected: Option<i64>,
     ) -> StoreResult<Asset> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Asset, &ctx.tenant, id.0);
         let w = r.primary.store.assets.move_to(ctx, id, to, expected);
         self.write_then(&r, k, Op::Subtree, w).await
@@ -927,7 +940,7 @@ impl AssetStore for Router {
 #[async_trait]
 impl DeviceStore for Router {
     async fn create(&self, ctx: &Ctx, new: NewDevice) -> StoreResult<Device> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Device, &ctx.tenant, new.id.0);
         let w = r.primary.store.devices.create(ctx, new);
         self.write_record(&r, k, w, Record::Device).await
@@ -949,13 +962,13 @@ impl DeviceStore for Router {
         patch: DevicePatch,
         expected: Option<i64>,
     ) -> StoreResult<Device> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Device, &ctx.tenant, id.0);
         let w = r.primary.store.devices.update(ctx, id, patch, expected);
         self.write_record(&r, k, w, Record::Device).await
     }
     async fn delete(&self, tenant: &TenantId, id: DeviceId, exp: Option<i64>) -> StoreResult<()> {
-        let r = self.route(tenant)?;
+        let r = self.write_route(tenant).await?;
         let k = key(Entity::Device, tenant, id.0);
         let w = r.primary.store.devices.delete(tenant, id, exp);
         self.write_then(&r, k, Op::Remove, w).await
@@ -976,7 +989,7 @@ impl DeviceStore for Router {
         asset: AssetId,
         expected: Option<i64>,
     ) -> StoreResult<Device> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Device, &ctx.tenant, id.0);
         let w = r.primary.store.devices.move_to(ctx, id, asset, expected);
         self.write_record(&r, k, w, Record::Device).await
@@ -987,7 +1000,7 @@ impl DeviceStore for Router {
         id: DeviceId,
         status: ConnectivityStatus,
     ) -> StoreResult<Device> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Device, &ctx.tenant, id.0);
         let w = r.primary.store.devices.set_connectivity(ctx, id, status);
         self.write_record(&r, k, w, Record::Device).await
@@ -997,7 +1010,7 @@ impl DeviceStore for Router {
 #[async_trait]
 impl PolicyStore for Router {
     async fn create(&self, ctx: &Ctx, new: NewPolicy) -> StoreResult<Policy> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Policy, &ctx.tenant, new.id);
         let w = r.primary.store.policies.create(ctx, new);
         self.write_record(&r, k, w, Record::Policy).await
@@ -1019,13 +1032,13 @@ impl PolicyStore for Router {
         patch: PolicyPatch,
         expected: Option<i64>,
     ) -> StoreResult<Policy> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Policy, &ctx.tenant, id);
         let w = r.primary.store.policies.update(ctx, id, patch, expected);
         self.write_record(&r, k, w, Record::Policy).await
     }
     async fn delete(&self, tenant: &TenantId, id: Uuid, exp: Option<i64>) -> StoreResult<()> {
-        let r = self.route(tenant)?;
+        let r = self.write_route(tenant).await?;
         let k = key(Entity::Policy, tenant, id);
         let w = r.primary.store.policies.delete(tenant, id, exp);
         self.write_then(&r, k, Op::Remove, w).await
@@ -1044,7 +1057,7 @@ impl PolicyStore for Router {
 #[async_trait]
 impl RoleStore for Router {
     async fn create(&self, ctx: &Ctx, new: NewRole) -> StoreResult<Role> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Role, &ctx.tenant, new.id);
         let w = r.primary.store.roles.create(ctx, new);
         self.write_record(&r, k, w, Record::Role).await
@@ -1066,13 +1079,13 @@ impl RoleStore for Router {
         patch: RolePatch,
         expected: Option<i64>,
     ) -> StoreResult<Role> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Role, &ctx.tenant, id);
         let w = r.primary.store.roles.update(ctx, id, patch, expected);
         self.write_record(&r, k, w, Record::Role).await
     }
     async fn delete(&self, tenant: &TenantId, id: Uuid, exp: Option<i64>) -> StoreResult<()> {
-        let r = self.route(tenant)?;
+        let r = self.write_route(tenant).await?;
         let k = key(Entity::Role, tenant, id);
         let w = r.primary.store.roles.delete(tenant, id, exp);
         self.write_then(&r, k, Op::Remove, w).await
@@ -1091,7 +1104,7 @@ impl RoleStore for Router {
 #[async_trait]
 impl AssignmentStore for Router {
     async fn assign(&self, ctx: &Ctx, new: NewAssignment) -> StoreResult<RoleAssignment> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Assignment, &ctx.tenant, new.id);
         let w = r.primary.store.assignments.assign(ctx, new);
         self.write_record(&r, k, w, Record::Assignment).await
@@ -1103,7 +1116,7 @@ impl AssignmentStore for Router {
         Ok(a)
     }
     async fn revoke(&self, ctx: &Ctx, id: Uuid) -> StoreResult<RoleAssignment> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Assignment, &ctx.tenant, id);
         let w = r.primary.store.assignments.revoke(ctx, id);
         self.write_record(&r, k, w, Record::Assignment).await
@@ -1130,7 +1143,7 @@ impl AssignmentStore for Router {
 #[async_trait]
 impl PartnerStore for Router {
     async fn register(&self, ctx: &Ctx, new: NewPartner) -> StoreResult<Partner> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Partner, &ctx.tenant, new.id);
         let w = r.primary.store.partners.register(ctx, new);
         self.write_then(&r, k, Op::Reload, w).await
@@ -1146,7 +1159,7 @@ impl PartnerStore for Router {
         patch: PartnerPatch,
         expected: Option<i64>,
     ) -> StoreResult<Partner> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Partner, &ctx.tenant, id);
         let w = r.primary.store.partners.update(ctx, id, patch, expected);
         self.write_then(&r, k, Op::Reload, w).await
@@ -1166,13 +1179,13 @@ impl PartnerStore for Router {
         id: Uuid,
         action: LifecycleAction,
     ) -> StoreResult<Partner> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Partner, &ctx.tenant, id);
         let w = r.primary.store.partners.transition(ctx, id, action);
         self.write_then(&r, k, Op::Reload, w).await
     }
     async fn create_api_key(&self, ctx: &Ctx, partner: Uuid, k: NewApiKey) -> StoreResult<ApiKey> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let rk = key(Entity::Partner, &ctx.tenant, partner);
         let w = r.primary.store.partners.create_api_key(ctx, partner, k);
         self.write_then(&r, rk, Op::Reload, w).await
@@ -1188,7 +1201,7 @@ impl PartnerStore for Router {
         s.list_api_keys(tenant, partner, status).await
     }
     async fn revoke_api_key(&self, ctx: &Ctx, partner: Uuid, k: Uuid) -> StoreResult<ApiKey> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let rk = key(Entity::Partner, &ctx.tenant, partner);
         let w = r.primary.store.partners.revoke_api_key(ctx, partner, k);
         self.write_then(&r, rk, Op::Reload, w).await
@@ -1200,7 +1213,7 @@ impl PartnerStore for Router {
         old: Uuid,
         new: NewApiKey,
     ) -> StoreResult<ApiKey> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Partner, &ctx.tenant, partner);
         let w = r
             .primary
@@ -1215,7 +1228,7 @@ impl PartnerStore for Router {
         partner: Uuid,
         client: NewOAuthClient,
     ) -> StoreResult<OAuthClient> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Partner, &ctx.tenant, partner);
         let w = r
             .primary
@@ -1240,7 +1253,7 @@ impl PartnerStore for Router {
         partner: Uuid,
         client_id: &str,
     ) -> StoreResult<OAuthClient> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Partner, &ctx.tenant, partner);
         let w = r
             .primary
@@ -1255,7 +1268,7 @@ impl PartnerStore for Router {
         partner: Uuid,
         webhook: NewWebhook,
     ) -> StoreResult<Webhook> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Partner, &ctx.tenant, partner);
         let w = r
             .primary
@@ -1273,7 +1286,7 @@ impl PartnerStore for Router {
             .await
     }
     async fn delete_webhook(&self, ctx: &Ctx, partner: Uuid, webhook: Uuid) -> StoreResult<()> {
-        let r = self.route(&ctx.tenant)?;
+        let r = self.write_route(&ctx.tenant).await?;
         let k = key(Entity::Partner, &ctx.tenant, partner);
         let w = r
             .primary
@@ -1303,6 +1316,9 @@ impl ModeSync {
         if *self.modes.current() == table {
             return Ok(false);
         }
+        // No write is between routing by the old table and queueing its copy while
+        // the queue drains; new writes wait for the new table.
+        let _gate = self.modes.exclusive().await;
         self.replicator.flush().await;
         tracing::info!(global = %table.global, overrides = table.tenants.len(), "storage mode changed");
         self.modes.publish(table);
