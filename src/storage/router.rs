@@ -637,7 +637,8 @@ impl Router {
     /// authoritative, the target secondary), or whose target is not configured, is
     /// not replayed, since the copy could overwrite what is authoritative now: it is
     /// recorded in the holder's divergence log for verify and reconcile instead. Waits
-    /// for the copies; returns how many were replayed.
+    /// for the copies (so the next round does not queue them again); returns how many
+    /// were replayed.
     pub async fn replay_stale(&self, grace: Duration, limit: usize) -> StoreResult<usize> {
         let mut replayed = 0;
         let mut failure = None;
@@ -686,7 +687,9 @@ impl Router {
                 replayed += 1;
             }
         }
-        self.replicator.flush().await;
+        if replayed > 0 {
+            self.replicator.flush().await;
+        }
         match failure {
             Some(e) => Err(e),
             None => Ok(replayed),

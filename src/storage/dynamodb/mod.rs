@@ -445,6 +445,15 @@ impl DynamoStore {
         &self,
         claim: &Claim<'_>,
     ) -> StoreResult<Vec<aws_sdk_dynamodb::types::TransactWriteItem>> {
+        if self.claim_owner(claim).await?.as_deref() == Some(claim.owner) {
+            Ok(vec![claim.release()?])
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    /// The record that holds the claim on `claim`'s value now (strongly consistent).
+    async fn claim_owner(&self, claim: &Claim<'_>) -> StoreResult<Option<String>> {
         let out = self
             .client
             .get_item()
@@ -454,14 +463,9 @@ impl DynamoStore {
             .send()
             .await
             .map_err(sdk_error)?;
-        let owner = out
+        Ok(out
             .item
-            .and_then(|i| i.get("owner").and_then(|o| o.as_s().ok()).cloned());
-        if owner.as_deref() == Some(claim.owner) {
-            Ok(vec![claim.release()?])
-        } else {
-            Ok(Vec::new())
-        }
+            .and_then(|i| i.get("owner").and_then(|o| o.as_s().ok()).cloned()))
     }
 
     /// Whether another record holds the value of `claim`. A claim whose owner no
@@ -469,19 +473,7 @@ impl DynamoStore {
     /// as replication) is stale: it is dropped, if still that owner's, and the value
     /// counts as free.
     async fn claim_taken(&self, claim: &Claim<'_>) -> StoreResult<bool> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(claim.table)
-            .set_key(Some(claim.key()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(sdk_error)?;
-        let Some(owner) = out
-            .item
-            .and_then(|i| i.get("owner").and_then(|o| o.as_s().ok()).cloned())
-        else {
+        let Some(owner) = self.claim_owner(claim).await? else {
             return Ok(false);
         };
         let holder = self.get_item(claim.records, claim.tenant, &owner).await?;
