@@ -15,6 +15,7 @@
 //! | `GCDR_DB_POOL_MIN_IDLE` | `2` | idle connections kept open |
 //! | `GCDR_DB_ACQUIRE_TIMEOUT_MS` | `5000` | wait for a pooled connection before UNAVAILABLE |
 //! | `GCDR_DB_STATEMENT_TIMEOUT_MS` | `30000` | server-side statement timeout |
+//! | `GCDR_DB_POINT_READ_WORKERS` | `1` | workers per table answering concurrent gets by id in batches; `0`: one query per get |
 //! | `GCDR_MIGRATE_ON_START` | `true` | apply pending migrations when `serve` starts |
 //! | `GCDR_HEALTH_INTERVAL_MS` | `1000` | how often health probes the database |
 //! | `GCDR_WORKER_THREADS` | number of cores | tokio worker threads |
@@ -132,6 +133,8 @@ impl Config {
             min_idle: Some(u32::try_from(num("GCDR_DB_POOL_MIN_IDLE", 2)?).unwrap_or(u32::MAX)),
             acquire_timeout: Duration::from_millis(num("GCDR_DB_ACQUIRE_TIMEOUT_MS", 5000)?.max(1)),
             statement_timeout: Duration::from_millis(num("GCDR_DB_STATEMENT_TIMEOUT_MS", 30_000)?),
+            point_read_workers: usize::try_from(num("GCDR_DB_POINT_READ_WORKERS", 1)?)
+                .unwrap_or(usize::MAX),
         };
         let default_mode = match get("GCDR_STORAGE_MODE") {
             None => StorageMode::Postgres,

@@ -27,23 +27,19 @@ impl AuthorizationServiceHandler {
         Self { store }
     }
 
-    /// The user's grants and, when any exist, the resource's ancestry.
+    /// The user's grants and the resource's ancestry, read concurrently: a check
+    /// waits for the slower of the two reads, not for both in turn.
     async fn load(
         &self,
         ctx: &Ctx,
         user: &str,
         resource: &str,
     ) -> StoreResult<(Vec<Grant>, Vec<String>)> {
-        let grants = self.store.assignments.grants(&ctx.tenant, user).await?;
-        let ancestry = if grants.is_empty() {
-            vec![resource.to_owned()]
-        } else {
-            self.store
-                .assignments
-                .ancestry(&ctx.tenant, resource)
-                .await?
-        };
-        Ok((grants, ancestry))
+        let assignments = &self.store.assignments;
+        tokio::try_join!(
+            assignments.grants(&ctx.tenant, user),
+            assignments.ancestry(&ctx.tenant, resource)
+        )
     }
 }
 

@@ -707,3 +707,62 @@ async fn another_tenants_access_data_is_invisible() {
             .is_empty()
     );
 }
+
+/// Checks load the user's grants in batches across concurrent calls: each check must
+/// still be decided by its own user's assignments, never by another user's in the
+/// same batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checks_of_different_users_are_each_decided_by_their_own_grants() {
+    let s = TestServer::start().await;
+    let site = create_customer(&s, T, "Site", None).await;
+    let scope = format!("customer:{}", site.id);
+    create_policy(&s, T, "p_read", &["a.b.read"], &[]).await;
+    create_policy(&s, T, "p_write", &["a.b.write"], &[]).await;
+    create_role(&s, T, "r_read", &["p_read"]).await;
+    create_role(&s, T, "r_write", &["p_write"]).await;
+    assign(&s, "reader", "r_read", &scope).await;
+    assign(&s, "writer", "r_write", &scope).await;
+    assign(&s, "both", "r_read", &scope).await;
+    assign(&s, "both", "r_write", &scope).await;
+
+    let users = ["reader", "writer", "both", "nobody"];
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let user = users[i % 4];
+        let permission = if i / 4 % 2 == 0 {
+            "a.b.read"
+        } else {
+            "a.b.write"
+        };
+        let mut client = authz(&s);
+        let resource = scope.clone();
+        calls.spawn(async move {
+            let answer = client
+                .check(req(
+                    T,
+                    pb::CheckRequest {
+                        user_id: user.into(),
+                        permission: permission.into(),
+                        resource,
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            (user, permission, answer.allowed)
+        });
+    }
+    let mut answered = 0;
+    while let Some(joined) = calls.join_next().await {
+        let (user, permission, allowed) = joined.unwrap();
+        let want = match user {
+            "reader" => permission == "a.b.read",
+            "writer" => permission == "a.b.write",
+            "both" => true,
+            _ => false,
+        };
+        assert_eq!(allowed, want, "{user} {permission}");
+        answered += 1;
+    }
+    assert_eq!(answered, 400);
+}

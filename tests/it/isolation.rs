@@ -429,3 +429,97 @@ async fn another_tenants_ids_answer_exactly_like_missing_ids() {
         .await
         .unwrap();
 }
+
+/// Copies tenant A's rows of `table` (all of them) into tenant B under the same ids,
+/// with B's paths and names: the same key in two tenants, as backfilled legacy data
+/// can hold.
+async fn twin_into_b(db: &mut diesel_async::AsyncPgConnection, table: &str) {
+    let path = if table == "devices" {
+        String::new()
+    } else {
+        format!(", path = replace(path, '/{A}/', '/{B}/')")
+    };
+    let sql = format!(
+        "CREATE TEMP TABLE twin AS SELECT * FROM {table} WHERE tenant_id = '{A}';
+         UPDATE twin SET tenant_id = '{B}', name = 'B ' || name {path};
+         INSERT INTO {table} SELECT * FROM twin;
+         DROP TABLE twin;"
+    );
+    diesel_async::SimpleAsyncConnection::batch_execute(db, &sql)
+        .await
+        .unwrap_or_else(|e| panic!("twin {table}: {e}"));
+}
+
+/// Gets by id are answered in batches across concurrent calls. A batch holding the
+/// same id for two tenants must still answer each tenant with its own row, and a
+/// tenant asking for an id only another tenant holds must get NOT_FOUND.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_gets_answered_in_batches_never_cross_tenants() {
+    let s = TestServer::start().await;
+    let customer = create_customer(&s, A, "Shared", None).await;
+    let asset = create_asset(&s, A, &customer.id, "Hall", None).await;
+    let device = create_device(&s, A, &asset.id, "SN-TWIN").await;
+    let only_a = create_customer(&s, A, "Only in A", None).await;
+    let mut db = s.db().await;
+    for table in ["customers", "assets", "devices"] {
+        twin_into_b(&mut db, table).await;
+    }
+    // only_a was twinned too; remove B's copy so it exists in A alone.
+    diesel_async::SimpleAsyncConnection::batch_execute(
+        &mut db,
+        &format!(
+            "DELETE FROM customers WHERE tenant_id = '{B}' AND id = '{}'",
+            only_a.id
+        ),
+    )
+    .await
+    .unwrap();
+
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let tenant = if i % 2 == 0 { A } else { B };
+        let (mut c, mut a, mut d) = (s.customers(), s.assets(), s.devices());
+        let (cid, aid, did, oid) = (
+            customer.id.clone(),
+            asset.id.clone(),
+            device.id.clone(),
+            only_a.id.clone(),
+        );
+        calls.spawn(async move {
+            let got = match i % 8 / 2 {
+                0 => c
+                    .get_customer(req(tenant, pb::GetCustomerRequest { id: cid }))
+                    .await
+                    .map(|r| r.into_inner().name),
+                1 => a
+                    .get_asset(req(tenant, pb::GetAssetRequest { id: aid }))
+                    .await
+                    .map(|r| r.into_inner().name),
+                2 => d
+                    .get_device(req(tenant, pb::GetDeviceRequest { id: did }))
+                    .await
+                    .map(|r| r.into_inner().name),
+                _ => c
+                    .get_customer(req(tenant, pb::GetCustomerRequest { id: oid }))
+                    .await
+                    .map(|r| r.into_inner().name),
+            };
+            (tenant, i % 8 / 2, got.map_err(|e| e.code()))
+        });
+    }
+    let mut answered = 0;
+    while let Some(joined) = calls.join_next().await {
+        let (tenant, kind, got) = joined.unwrap();
+        let prefix = if tenant == B { "B " } else { "" };
+        let want = match kind {
+            0 => Ok(format!("{prefix}Shared")),
+            1 => Ok(format!("{prefix}Hall")),
+            2 => Ok(format!("{prefix}Sensor SN-TWIN")),
+            _ if tenant == A => Ok("Only in A".to_owned()),
+            _ => Err(tonic::Code::NotFound),
+        };
+        assert_eq!(got, want, "tenant {tenant}, read kind {kind}");
+        answered += 1;
+    }
+    assert_eq!(answered, 300);
+}

@@ -5,10 +5,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures::future::BoxFuture;
 use uuid::Uuid;
 
 use super::schema::role_assignments::{self, dsl};
-use super::schema::{assets, customers, devices, policies, role_policies, roles};
+use super::schema::{policies, role_policies, roles};
 use super::{PgStore, bad_cursor};
 use crate::domain::access::requests::{AssignmentFilter, NewAssignment};
 use crate::domain::access::{AssignmentStatus, Grant, PolicyRules, RoleAssignment};
@@ -92,6 +93,69 @@ async fn find(
         .optional()?
         .ok_or(NOT_FOUND)?;
     row.into_domain(key)
+}
+
+/// Appends the ids of `path` after its first `skip` segments to `chain` as
+/// `<kind>:<id>`, nearest (last) first.
+fn nearest_first(chain: &mut Vec<String>, path: &str, skip: usize, kind: &str) {
+    let ids: Vec<&str> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .skip(skip)
+        .collect();
+    chain.extend(ids.iter().rev().map(|id| format!("{kind}:{id}")));
+}
+
+/// One row of a user's grants: an assignment in force, its role's key, and one of the
+/// role's policies (key, allow, deny), or none for a role without policies.
+pub(super) type GrantRow = (
+    AssignmentRow,
+    String,
+    Option<(String, Vec<String>, Vec<String>)>,
+);
+
+/// The grant rows of each of `users` in one round trip, keyed by user: each assignment
+/// in force with its role's policies, in (grant time, assignment, role order) order.
+pub(super) fn grant_rows<'c>(
+    mut conn: &'c AsyncPgConnection,
+    tenant: &'c str,
+    users: Vec<String>,
+) -> BoxFuture<'c, StoreResult<Vec<(String, GrantRow)>>> {
+    Box::pin(async move {
+        let now = Utc::now();
+        let rows: Vec<GrantRow> = with_role!()
+            .left_join(
+                role_policies::table.on(role_policies::tenant_id
+                    .eq(dsl::tenant_id)
+                    .and(role_policies::role_id.eq(dsl::role_id))),
+            )
+            .left_join(
+                policies::table.on(policies::tenant_id
+                    .eq(role_policies::tenant_id)
+                    .and(policies::id.eq(role_policies::policy_id))),
+            )
+            .filter(dsl::tenant_id.eq(tenant))
+            .filter(dsl::user_id.eq_any(users))
+            .filter(dsl::status.eq("active"))
+            .filter(dsl::expires_at.is_null().or(dsl::expires_at.gt(now)))
+            .order((
+                dsl::user_id,
+                dsl::granted_at,
+                dsl::id,
+                role_policies::position,
+            ))
+            .select((
+                AssignmentRow::as_select(),
+                roles::key,
+                (policies::key, policies::allow, policies::deny).nullable(),
+            ))
+            .load(&mut conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.0.user_id.clone(), row))
+            .collect())
+    })
 }
 
 #[async_trait]
@@ -261,37 +325,15 @@ impl AssignmentStore for PgStore {
 
     async fn grants(&self, tenant: &TenantId, user_id: &str) -> StoreResult<Vec<Grant>> {
         self.timed("assignments.grants", async {
-            let mut conn = self.conn().await?;
-            let now = Utc::now();
-            // One round trip: each assignment in force with its role's policies, one row
-            // per (assignment, policy) in role order.
-            let rows: Vec<(
-                AssignmentRow,
-                String,
-                Option<(String, Vec<String>, Vec<String>)>,
-            )> = with_role!()
-                .left_join(
-                    role_policies::table.on(role_policies::tenant_id
-                        .eq(dsl::tenant_id)
-                        .and(role_policies::role_id.eq(dsl::role_id))),
-                )
-                .left_join(
-                    policies::table.on(policies::tenant_id
-                        .eq(role_policies::tenant_id)
-                        .and(policies::id.eq(role_policies::policy_id))),
-                )
-                .filter(dsl::tenant_id.eq(tenant.as_str()))
-                .filter(dsl::user_id.eq(user_id))
-                .filter(dsl::status.eq("active"))
-                .filter(dsl::expires_at.is_null().or(dsl::expires_at.gt(now)))
-                .order((dsl::granted_at, dsl::id, role_policies::position))
-                .select((
-                    AssignmentRow::as_select(),
-                    roles::key,
-                    (policies::key, policies::allow, policies::deny).nullable(),
-                ))
-                .load(&mut conn)
-                .await?;
+            let t = tenant.as_str();
+            let rows = match &self.reads {
+                Some(reads) => reads.grants.get(t, user_id.to_owned()).await?,
+                None => {
+                    let conn = self.conn().await?;
+                    let rows = grant_rows(&conn, t, vec![user_id.to_owned()]).await?;
+                    rows.into_iter().map(|(_, row)| row).collect()
+                }
+            };
             let mut grants: Vec<Grant> = Vec::new();
             for (row, role_key, policy) in rows {
                 if grants.last().is_none_or(|g| g.assignment.id != row.id) {
@@ -311,7 +353,6 @@ impl AssignmentStore for PgStore {
 
     async fn ancestry(&self, tenant: &TenantId, resource: &str) -> StoreResult<Vec<String>> {
         self.timed("assignments.ancestry", async {
-            let mut conn = self.conn().await?;
             let mut chain = vec![resource.to_owned()];
             let Some((kind, id)) = resource.split_once(':') else {
                 return Ok(chain);
@@ -319,51 +360,27 @@ impl AssignmentStore for PgStore {
             let Ok(id) = Uuid::parse_str(id) else {
                 return Ok(chain);
             };
-            let t = tenant.as_str();
             let (asset, customer) = match kind {
                 "customer" => (None, Some(id)),
                 "asset" => (Some(id), None),
-                "device" => {
-                    let asset: Option<Uuid> = devices::table
-                        .find((t, id))
-                        .select(devices::asset_id)
-                        .first(&mut conn)
-                        .await
-                        .optional()?;
-                    (asset, None)
-                }
+                "device" => (self.device_row(tenant, id).await?.map(|d| d.asset_id), None),
                 _ => return Ok(chain),
             };
             let customer = match asset {
                 Some(a) => {
-                    let found: Option<(String, Uuid)> = assets::table
-                        .find((t, a))
-                        .select((assets::path, assets::customer_id))
-                        .first(&mut conn)
-                        .await
-                        .optional()?;
-                    let Some((path, customer)) = found else {
+                    let Some(asset) = self.asset_row(tenant, a).await? else {
                         return Ok(chain);
                     };
-                    // /<tenant>/<customer>/<root asset>/.../<asset>, nearest first.
-                    let ids: Vec<&str> =
-                        path.split('/').filter(|s| !s.is_empty()).skip(2).collect();
-                    chain.extend(ids.iter().rev().map(|a| format!("asset:{a}")));
-                    Some(customer)
+                    // /<tenant>/<customer>/<root asset>/.../<asset>
+                    nearest_first(&mut chain, &asset.path, 2, "asset");
+                    Some(asset.customer_id)
                 }
                 None => customer,
             };
             if let Some(c) = customer {
-                let path: Option<String> = customers::table
-                    .find((t, c))
-                    .select(customers::path)
-                    .first(&mut conn)
-                    .await
-                    .optional()?;
-                if let Some(path) = path {
-                    let ids: Vec<&str> =
-                        path.split('/').filter(|s| !s.is_empty()).skip(1).collect();
-                    chain.extend(ids.iter().rev().map(|c| format!("customer:{c}")));
+                if let Some(customer) = self.customer_row(tenant, c).await? {
+                    // /<tenant>/<root customer>/.../<customer>
+                    nearest_first(&mut chain, &customer.path, 1, "customer");
                 }
             }
             chain.dedup();

@@ -158,6 +158,22 @@ async fn free_code(
     Ok(super::first_free_code(base, &taken))
 }
 
+impl PgStore {
+    /// The row of `id`, read in a batch with concurrent reads when batching is on.
+    pub(super) async fn customer_row(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+    ) -> StoreResult<Option<CustomerRow>> {
+        match &self.reads {
+            Some(reads) => reads.customers.one(tenant.as_str(), id).await,
+            None => {
+                super::found(find(&mut *self.conn().await?, tenant, CustomerId(id), false).await)
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl CustomerStore for PgStore {
     async fn create(&self, ctx: &Ctx, new: NewCustomer) -> StoreResult<Customer> {
@@ -241,8 +257,10 @@ impl CustomerStore for PgStore {
 
     async fn get(&self, tenant: &TenantId, id: CustomerId) -> StoreResult<Customer> {
         self.timed("customers.get", async {
-            let mut conn = self.conn().await?;
-            find(&mut conn, tenant, id, false).await?.into_domain()
+            self.customer_row(tenant, id.0)
+                .await?
+                .ok_or(NOT_FOUND)?
+                .into_domain()
         })
         .await
     }

@@ -6,6 +6,7 @@
 
 mod assets;
 mod assignments;
+mod batch;
 mod customers;
 mod devices;
 mod hierarchy;
@@ -50,6 +51,9 @@ pub struct PoolConfig {
     pub acquire_timeout: Duration,
     /// Server-side `statement_timeout` for every connection.
     pub statement_timeout: Duration,
+    /// Workers per table that answer concurrent gets by id in batches (see `batch`);
+    /// 0: every get is its own query.
+    pub point_read_workers: usize,
 }
 
 impl Default for PoolConfig {
@@ -60,6 +64,7 @@ impl Default for PoolConfig {
             min_idle: Some(2),
             acquire_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
+            point_read_workers: 1,
         }
     }
 }
@@ -71,6 +76,8 @@ pub struct PgStore {
     /// A few connections with `synchronous_commit = off`, for the replication outbox
     /// only (see its `Outbox` implementation).
     outbox_pool: Pool<AsyncPgConnection>,
+    /// Gets by id, coalesced across concurrent calls (see `batch`); `None`: off.
+    reads: Option<batch::Reads>,
 }
 
 pub type Conn<'a> = PooledConnection<'a, AsyncPgConnection>;
@@ -114,6 +121,15 @@ fn build_pool(
         .build_unchecked(manager)
 }
 
+/// `Ok(None)` for a NotFound.
+fn found<T>(r: StoreResult<T>) -> StoreResult<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 async fn checkout(pool: &Pool<AsyncPgConnection>) -> StoreResult<Conn<'_>> {
     pool.get().await.map_err(|e| match e {
         bb8::RunError::TimedOut => {
@@ -138,7 +154,13 @@ impl PgStore {
             Some(0),
             "SET synchronous_commit = off",
         );
-        Ok(Self { pool, outbox_pool })
+        let workers = cfg.point_read_workers.min(cfg.max_size as usize);
+        let reads = (workers > 0).then(|| batch::Reads::spawn(&pool, workers));
+        Ok(Self {
+            pool,
+            outbox_pool,
+            reads,
+        })
     }
 
     /// Checks a connection out of the outbox pool.
