@@ -180,20 +180,6 @@ fn other_customer() -> StoreError {
     }
 }
 
-impl PgStore {
-    /// The row of `id`, read in a batch with concurrent reads when batching is on.
-    pub(super) async fn asset_row(
-        &self,
-        tenant: &TenantId,
-        id: Uuid,
-    ) -> StoreResult<Option<AssetRow>> {
-        match &self.reads {
-            Some(reads) => reads.assets.one(tenant.as_str(), id).await,
-            None => super::found(find(&mut *self.conn().await?, tenant, AssetId(id), false).await),
-        }
-    }
-}
-
 #[async_trait]
 impl AssetStore for PgStore {
     async fn create(&self, ctx: &Ctx, new: NewAsset) -> StoreResult<Asset> {
@@ -288,7 +274,9 @@ impl AssetStore for PgStore {
 
     async fn get(&self, tenant: &TenantId, id: AssetId) -> StoreResult<Asset> {
         self.timed("assets.get", async {
-            self.asset_row(tenant, id.0)
+            self.reads
+                .assets
+                .one(tenant.as_str(), id.0)
                 .await?
                 .ok_or(NOT_FOUND)?
                 .into_domain()

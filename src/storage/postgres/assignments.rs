@@ -325,15 +325,11 @@ impl AssignmentStore for PgStore {
 
     async fn grants(&self, tenant: &TenantId, user_id: &str) -> StoreResult<Vec<Grant>> {
         self.timed("assignments.grants", async {
-            let t = tenant.as_str();
-            let rows = match &self.reads {
-                Some(reads) => reads.grants.get(t, user_id.to_owned()).await?,
-                None => {
-                    let conn = self.conn().await?;
-                    let rows = grant_rows(&conn, t, vec![user_id.to_owned()]).await?;
-                    rows.into_iter().map(|(_, row)| row).collect()
-                }
-            };
+            let rows = self
+                .reads
+                .grants
+                .get(tenant.as_str(), user_id.to_owned())
+                .await?;
             let mut grants: Vec<Grant> = Vec::new();
             for (row, role_key, policy) in rows {
                 if grants.last().is_none_or(|g| g.assignment.id != row.id) {
@@ -363,12 +359,19 @@ impl AssignmentStore for PgStore {
             let (asset, customer) = match kind {
                 "customer" => (None, Some(id)),
                 "asset" => (Some(id), None),
-                "device" => (self.device_row(tenant, id).await?.map(|d| d.asset_id), None),
+                "device" => (
+                    self.reads
+                        .devices
+                        .one(tenant.as_str(), id)
+                        .await?
+                        .map(|d| d.asset_id),
+                    None,
+                ),
                 _ => return Ok(chain),
             };
             let customer = match asset {
                 Some(a) => {
-                    let Some(asset) = self.asset_row(tenant, a).await? else {
+                    let Some(asset) = self.reads.assets.one(tenant.as_str(), a).await? else {
                         return Ok(chain);
                     };
                     // /<tenant>/<customer>/<root asset>/.../<asset>
@@ -378,7 +381,7 @@ impl AssignmentStore for PgStore {
                 None => customer,
             };
             if let Some(c) = customer {
-                if let Some(customer) = self.customer_row(tenant, c).await? {
+                if let Some(customer) = self.reads.customers.one(tenant.as_str(), c).await? {
                     // /<tenant>/<root customer>/.../<customer>
                     nearest_first(&mut chain, &customer.path, 1, "customer");
                 }

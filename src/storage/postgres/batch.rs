@@ -52,14 +52,19 @@ struct Want<K, R> {
 }
 
 /// Reads by key of one kind, coalesced across concurrent calls (see the module docs).
+/// With no workers, each read runs the same fetch on its own pooled connection.
 pub(super) struct Batched<K, R> {
-    tx: mpsc::UnboundedSender<Want<K, R>>,
+    tx: Option<mpsc::UnboundedSender<Want<K, R>>>,
+    pool: Pool<AsyncPgConnection>,
+    fetch: Fetch<K, R>,
 }
 
 impl<K, R> Clone for Batched<K, R> {
     fn clone(&self) -> Self {
         Self {
             tx: self.tx.clone(),
+            pool: self.pool.clone(),
+            fetch: self.fetch,
         }
     }
 }
@@ -69,26 +74,34 @@ where
     K: Ord + Hash + Clone + Send + 'static,
     R: Clone + Send + 'static,
 {
-    /// Starts `workers` worker tasks on `pool`. They end when the last handle is
-    /// dropped.
+    /// Starts `workers` worker tasks on `pool` (none: batching off). They end when
+    /// the last handle is dropped.
     pub(super) fn spawn(pool: Pool<AsyncPgConnection>, workers: usize, fetch: Fetch<K, R>) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..workers.max(1) {
-            tokio::spawn(work(pool.clone(), rx.clone(), fetch));
-        }
-        Self { tx }
+        let tx = (workers > 0).then(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let rx = Arc::new(Mutex::new(rx));
+            for _ in 0..workers {
+                tokio::spawn(work(pool.clone(), rx.clone(), fetch));
+            }
+            tx
+        });
+        Self { tx, pool, fetch }
     }
 
     /// The rows of `key` in `tenant`.
     pub(super) async fn get(&self, tenant: &str, key: K) -> StoreResult<Vec<R>> {
+        let Some(tx) = &self.tx else {
+            let conn = checkout(&self.pool).await?;
+            let rows = (self.fetch)(&conn, tenant, vec![key]).await?;
+            return Ok(rows.into_iter().map(|(_, row)| row).collect());
+        };
         let (reply, answer) = oneshot::channel();
         let want = Want {
             tenant: tenant.to_owned(),
             key,
             reply,
         };
-        self.tx.send(want).map_err(|_| stopped())?;
+        tx.send(want).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 

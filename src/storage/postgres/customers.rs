@@ -158,22 +158,6 @@ async fn free_code(
     Ok(super::first_free_code(base, &taken))
 }
 
-impl PgStore {
-    /// The row of `id`, read in a batch with concurrent reads when batching is on.
-    pub(super) async fn customer_row(
-        &self,
-        tenant: &TenantId,
-        id: Uuid,
-    ) -> StoreResult<Option<CustomerRow>> {
-        match &self.reads {
-            Some(reads) => reads.customers.one(tenant.as_str(), id).await,
-            None => {
-                super::found(find(&mut *self.conn().await?, tenant, CustomerId(id), false).await)
-            }
-        }
-    }
-}
-
 #[async_trait]
 impl CustomerStore for PgStore {
     async fn create(&self, ctx: &Ctx, new: NewCustomer) -> StoreResult<Customer> {
@@ -257,7 +241,9 @@ impl CustomerStore for PgStore {
 
     async fn get(&self, tenant: &TenantId, id: CustomerId) -> StoreResult<Customer> {
         self.timed("customers.get", async {
-            self.customer_row(tenant, id.0)
+            self.reads
+                .customers
+                .one(tenant.as_str(), id.0)
                 .await?
                 .ok_or(NOT_FOUND)?
                 .into_domain()

@@ -173,20 +173,6 @@ async fn write(conn: &mut AsyncPgConnection, device: &Device) -> StoreResult<Dev
         .into_domain()
 }
 
-impl PgStore {
-    /// The row of `id`, read in a batch with concurrent reads when batching is on.
-    pub(super) async fn device_row(
-        &self,
-        tenant: &TenantId,
-        id: Uuid,
-    ) -> StoreResult<Option<DeviceRow>> {
-        match &self.reads {
-            Some(reads) => reads.devices.one(tenant.as_str(), id).await,
-            None => super::found(find(&mut *self.conn().await?, tenant, DeviceId(id), false).await),
-        }
-    }
-}
-
 #[async_trait]
 impl DeviceStore for PgStore {
     async fn create(&self, ctx: &Ctx, new: NewDevice) -> StoreResult<Device> {
@@ -237,7 +223,9 @@ impl DeviceStore for PgStore {
 
     async fn get(&self, tenant: &TenantId, id: DeviceId) -> StoreResult<Device> {
         self.timed("devices.get", async {
-            self.device_row(tenant, id.0)
+            self.reads
+                .devices
+                .one(tenant.as_str(), id.0)
                 .await?
                 .ok_or(NOT_FOUND)?
                 .into_domain()

@@ -76,8 +76,8 @@ pub struct PgStore {
     /// A few connections with `synchronous_commit = off`, for the replication outbox
     /// only (see its `Outbox` implementation).
     outbox_pool: Pool<AsyncPgConnection>,
-    /// Gets by id, coalesced across concurrent calls (see `batch`); `None`: off.
-    reads: Option<batch::Reads>,
+    /// Gets by id and grant reads, coalesced across concurrent calls (see `batch`).
+    reads: batch::Reads,
 }
 
 pub type Conn<'a> = PooledConnection<'a, AsyncPgConnection>;
@@ -121,15 +121,6 @@ fn build_pool(
         .build_unchecked(manager)
 }
 
-/// `Ok(None)` for a NotFound.
-fn found<T>(r: StoreResult<T>) -> StoreResult<Option<T>> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(StoreError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 async fn checkout(pool: &Pool<AsyncPgConnection>) -> StoreResult<Conn<'_>> {
     pool.get().await.map_err(|e| match e {
         bb8::RunError::TimedOut => {
@@ -155,7 +146,7 @@ impl PgStore {
             "SET synchronous_commit = off",
         );
         let workers = cfg.point_read_workers.min(cfg.max_size as usize);
-        let reads = (workers > 0).then(|| batch::Reads::spawn(&pool, workers));
+        let reads = batch::Reads::spawn(&pool, workers);
         Ok(Self {
             pool,
             outbox_pool,
