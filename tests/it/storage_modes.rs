@@ -185,22 +185,24 @@ pub async fn building_with_meter(
         .into_inner();
     let device = s
         .devices()
-        .create_device(req(
-            tenant,
-            pb::CreateDeviceRequest {
-                device: Some(pb::Device {
-                    asset_id: asset.id.clone(),
-                    name: "Meter".into(),
-                    r#type: pb::DeviceType::Meter as i32,
-                    serial_number: format!("SN-{}", Uuid::new_v4().simple()),
-                    ..Default::default()
-                }),
-            },
-        ))
+        .create_device(req(tenant, new_meter(&asset.id)))
         .await
         .unwrap()
         .into_inner();
     (asset, device)
+}
+
+/// The request creating a meter with a fresh serial number on `asset`.
+fn new_meter(asset: &str) -> pb::CreateDeviceRequest {
+    pb::CreateDeviceRequest {
+        device: Some(pb::Device {
+            asset_id: asset.to_owned(),
+            name: "Meter".into(),
+            r#type: pb::DeviceType::Meter as i32,
+            serial_number: format!("SN-{}", Uuid::new_v4().simple()),
+            ..Default::default()
+        }),
+    }
 }
 
 pub fn admin_req<T>(msg: T) -> tonic::Request<T> {
@@ -1330,4 +1332,215 @@ async fn dynamodb_stale_asset_code_claims_block_nothing() {
         .await
         .expect("a stale claim on a generated code blocks nothing");
     assert_eq!(again.code, pump.code);
+}
+
+/// How races between a dependent's write and its parent's delete ended.
+#[derive(Debug, Default)]
+struct Outcomes {
+    dependent_won: usize,
+    delete_won: usize,
+    both_won: usize,
+}
+
+impl Outcomes {
+    /// Tallies races. The loser must say why: the delete that the parent is in use,
+    /// the dependent's write that the parent is gone. Both winning leaves the
+    /// dependent orphaned.
+    fn of<T, U>(
+        what: &str,
+        races: Vec<(Result<T, tonic::Status>, Result<U, tonic::Status>)>,
+    ) -> Self {
+        let mut o = Self::default();
+        for race in races {
+            match race {
+                (Ok(_), Err(e)) => {
+                    assert_eq!(e.code(), Code::FailedPrecondition, "{what}: {e:?}");
+                    o.dependent_won += 1;
+                }
+                (Err(e), Ok(_)) => {
+                    assert!(
+                        matches!(e.code(), Code::NotFound | Code::InvalidArgument),
+                        "{what}: {e:?}"
+                    );
+                    o.delete_won += 1;
+                }
+                (Ok(_), Ok(_)) => o.both_won += 1,
+                (Err(a), Err(d)) => panic!("{what}: both lost: {a:?} / {d:?}"),
+            }
+        }
+        o
+    }
+}
+
+/// DynamoDB authoritative: the "in use" rules hold against concurrent writers. A child
+/// customer, a device, a role naming a policy and an assignment of a role each race
+/// the delete of what they depend on, over many rounds: never do both succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_in_use_rules_hold_against_a_concurrent_dependent() {
+    const ROUNDS: usize = 8;
+    let s = &ModeServer::start(StorageMode::Dynamodb).await;
+    let t = "tenant-a";
+    let customer = |parent: Option<String>| {
+        let mut customers = s.customers();
+        async move {
+            let kind = match parent {
+                Some(_) => pb::CustomerType::Branch,
+                None => pb::CustomerType::Company,
+            };
+            customers
+                .create_customer(req(
+                    t,
+                    pb::CreateCustomerRequest {
+                        customer: Some(pb::Customer {
+                            name: "C".into(),
+                            parent_customer_id: parent,
+                            r#type: kind as i32,
+                            ..Default::default()
+                        }),
+                    },
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let root = &customer(None).await.unwrap();
+
+    let customer_rounds = (0..ROUNDS).map(|_| async {
+        let parent = customer(Some(root.id.clone())).await.unwrap();
+        let mut customers = s.customers();
+        let delete = customers.delete_customer(req(
+            t,
+            pb::DeleteCustomerRequest {
+                id: parent.id.clone(),
+                expected_version: None,
+            },
+        ));
+        tokio::join!(customer(Some(parent.id.clone())), delete)
+    });
+    let device_rounds = (0..ROUNDS).map(|i| async move {
+        let asset = s
+            .assets()
+            .create_asset(req(
+                t,
+                pb::CreateAssetRequest {
+                    asset: Some(pb::Asset {
+                        customer_id: root.id.clone(),
+                        name: "Room".into(),
+                        code: Some(format!("ROOM-{i}")),
+                        r#type: pb::AssetType::Room as i32,
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let (mut devices, mut assets) = (s.devices(), s.assets());
+        let add = devices.create_device(req(t, new_meter(&asset.id)));
+        let delete = assets.delete_asset(req(
+            t,
+            pb::DeleteAssetRequest {
+                id: asset.id.clone(),
+                expected_version: None,
+            },
+        ));
+        tokio::join!(add, delete)
+    });
+    let role = |key: String, policy: String| pb::Role {
+        key,
+        display_name: "R".into(),
+        policy_keys: vec![policy],
+        ..Default::default()
+    };
+    let policy = |key: String| {
+        let mut policies = s.policies();
+        async move {
+            let p = pb::Policy {
+                key,
+                display_name: "P".into(),
+                allow: vec!["identity.users.read".into()],
+                ..Default::default()
+            };
+            let made = policies.create_policy(req(t, pb::CreatePolicyRequest { policy: Some(p) }));
+            made.await.unwrap().into_inner()
+        }
+    };
+    let policy_rounds = (0..ROUNDS).map(|i| async move {
+        let key = format!("p_race_{i}");
+        let policy = policy(key.clone()).await;
+        let (mut roles, mut policies) = (s.roles(), s.policies());
+        let add = roles.create_role(req(
+            t,
+            pb::CreateRoleRequest {
+                role: Some(role(format!("r_on_{key}"), key)),
+            },
+        ));
+        let delete = policies.delete_policy(req(
+            t,
+            pb::DeletePolicyRequest {
+                id: policy.id,
+                expected_version: None,
+            },
+        ));
+        tokio::join!(add, delete)
+    });
+    policy("p_shared".into()).await;
+    let role_rounds = (0..ROUNDS).map(|i| async move {
+        let key = format!("r_race_{i}");
+        let created = s
+            .roles()
+            .create_role(req(
+                t,
+                pb::CreateRoleRequest {
+                    role: Some(role(key.clone(), "p_shared".into())),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut assignments =
+            pb::role_assignment_service_client::RoleAssignmentServiceClient::new(s.channel.clone());
+        let mut roles = s.roles();
+        let add = assignments.assign_role(req(
+            t,
+            pb::AssignRoleRequest {
+                user_id: format!("user-{i}"),
+                role_key: key,
+                scope: "*".into(),
+                expire_time: None,
+                reason: None,
+            },
+        ));
+        let delete = roles.delete_role(req(
+            t,
+            pb::DeleteRoleRequest {
+                id: created.id,
+                expected_version: None,
+            },
+        ));
+        tokio::join!(add, delete)
+    });
+
+    let (customers, devices, policies, roles) = tokio::join!(
+        futures::future::join_all(customer_rounds),
+        futures::future::join_all(device_rounds),
+        futures::future::join_all(policy_rounds),
+        futures::future::join_all(role_rounds),
+    );
+    let all = [
+        (
+            "child customer vs customer delete",
+            Outcomes::of("customers", customers),
+        ),
+        ("device vs asset delete", Outcomes::of("devices", devices)),
+        ("role vs policy delete", Outcomes::of("roles", policies)),
+        (
+            "assignment vs role delete",
+            Outcomes::of("assignments", roles),
+        ),
+    ];
+    eprintln!("{all:?}");
+    for (what, o) in &all {
+        assert_eq!(o.both_won, 0, "{what}: a dependent was orphaned: {all:?}");
+    }
 }

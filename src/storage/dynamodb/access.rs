@@ -8,9 +8,9 @@
 //! through the indexes (legacy items) and claimed in the unique-keys table in the same
 //! transaction as the put, released with the delete or revoke (an assignment's claim
 //! also lapses with its expiry), so two concurrent writers cannot both succeed. The
-//! "in use" rules are checked with a query just before the write, so a role created
-//! on a policy being deleted can slip through. Reads tolerate what such a race, or
-//! legacy data, leaves: of several items sharing a key the oldest is used.
+//! "in use" rules (a policy named by a role, a role with an assignment in force) are
+//! enforced with the parent's mark (dependents.rs). Reads tolerate what legacy data
+//! leaves: of several items sharing a key the oldest is used.
 //!
 //! Lookups by key or user go through GSIs, which lag writes. Where that would matter,
 //! the base table is asked too: an assignment that looks in force is re-read before
@@ -25,11 +25,13 @@
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::types::TransactWriteItem;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::assets::put_new_item;
+use super::dependents::{Mark, touch_item};
 use super::{DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, s};
 use super::{bad_cursor, check_version};
 use crate::domain::access::requests::{
@@ -350,23 +352,27 @@ impl DynamoStore {
         )
     }
 
-    /// Puts a new role or policy item together with the claim of its key (retried
-    /// when the claim in the way was stale); `taken` is the error when it is not.
+    /// Puts a new item together with the claim of its key and the marks on what it
+    /// depends on, `touches` (retried when the claim in the way was stale); `taken` is
+    /// the error when it is not. `Ok(false)`: a touched item changed or went away.
     async fn put_claimed(
         &self,
         table: &str,
         item: Item,
         claim: &super::Claim<'_>,
         taken: fn() -> StoreError,
-    ) -> StoreResult<()> {
-        let items = vec![put_new_item(table, item)?, claim.take()?];
+        touches: Vec<TransactWriteItem>,
+    ) -> StoreResult<bool> {
+        let mut items = vec![put_new_item(table, item)?, claim.take()?];
+        items.extend(touches);
         for _ in 0..ATTEMPTS {
             match self.transact_once(items.clone()).await? {
-                None => return Ok(()),
+                None => return Ok(true),
                 Some(0) => return Err(id_taken(table)),
-                Some(_) if self.claim_taken(claim).await? => return Err(taken()),
+                Some(1) if self.claim_taken(claim).await? => return Err(taken()),
                 // A stale claim, dropped: again.
-                Some(_) => {}
+                Some(1) => {}
+                Some(_) => return Ok(false),
             }
         }
         Err(keeps_changing("key claim"))
@@ -618,22 +624,35 @@ impl DynamoStore {
             }))
     }
 
-    /// `InvalidArgument` naming every key without a policy (as PostgreSQL's check).
-    async fn check_policy_keys(&self, tenant: &TenantId, keys: &[String]) -> StoreResult<()> {
+    /// The marks (dependents.rs) that a role now names the policies of `keys`, one on
+    /// each item holding one of them (legacy may hold duplicates); `InvalidArgument`
+    /// naming every key without a policy (as PostgreSQL's check).
+    async fn touch_policies(
+        &self,
+        tenant: &TenantId,
+        keys: &[String],
+    ) -> StoreResult<Vec<TransactWriteItem>> {
         let table = &self.tables.policies;
         let found = futures::future::join_all(
             keys.iter()
-                .map(|k| self.exists_in_index(table, "gsi-key", tenant.as_str(), "key", k)),
+                .map(|k| self.items_with_access_key(table, tenant, k)),
         )
         .await;
-        let mut missing = Vec::new();
-        for (k, exists) in keys.iter().zip(found) {
-            if !exists? {
+        let (mut missing, mut touches, mut seen) = (Vec::new(), Vec::new(), HashSet::new());
+        for (k, items) in keys.iter().zip(found) {
+            let items = items?;
+            if items.is_empty() {
                 missing.push(k.as_str());
+            }
+            for item in &items {
+                let id = ItemReader::new("policies", item).s("id")?;
+                if seen.insert(id.clone()) {
+                    touches.push(touch_item(table, tenant.as_str(), &id, &[("key", s(k))])?);
+                }
             }
         }
         if missing.is_empty() {
-            return Ok(());
+            return Ok(touches);
         }
         Err(StoreError::InvalidArgument {
             field: "role.policy_keys",
@@ -729,8 +748,14 @@ impl PolicyStore for DynamoStore {
             };
             let sid = policy.id.to_string();
             let claim = self.key_claim(table, "policy-key", &ctx.tenant, &policy.key, &sid);
-            self.put_claimed(table, policy_to_item(&policy)?, &claim, policy_key_taken)
-                .await?;
+            self.put_claimed(
+                table,
+                policy_to_item(&policy)?,
+                &claim,
+                policy_key_taken,
+                vec![],
+            )
+            .await?;
             Ok(policy)
         })
         .await
@@ -806,14 +831,19 @@ impl PolicyStore for DynamoStore {
 
     async fn delete(&self, tenant: &TenantId, id: Uuid, expected: Option<i64>) -> StoreResult<()> {
         self.timed("policies.delete", async {
+            let table = &self.tables.policies;
+            let sid = id.to_string();
             for _ in 0..ATTEMPTS {
-                let p = self.find_policy(tenant, id).await?;
+                let item = self.get_item(table, tenant.as_str(), &sid).await?;
+                let item = item.ok_or(POLICY_NOT_FOUND)?;
+                let (p, mark) = (policy_from_item(&item)?, Mark::of(&item));
                 if p.is_system {
                     return Err(system_policy());
                 }
                 check_version(expected, p.version)?;
-                // Every role of the tenant, not legacy's first 1000. A role created or
-                // updated onto this key after this read is not seen (module doc).
+                // Every role of the tenant, not legacy's first 1000, read strongly
+                // consistent from the table. A role created or updated onto this key
+                // after this read changes the policy's mark and cancels the delete.
                 let mut q = Query::tenant(&self.tables.roles, tenant.as_str());
                 q.and_filter(
                     "contains(#pol, :pk)",
@@ -834,14 +864,7 @@ impl PolicyStore for DynamoStore {
                     });
                 }
                 // The delete and the release of the key's claim, together.
-                let sid = id.to_string();
-                let table = &self.tables.policies;
-                let mut items = vec![Self::delete_versioned_item(
-                    table,
-                    tenant.as_str(),
-                    &sid,
-                    p.version,
-                )?];
+                let mut items = vec![mark.delete_item(table, tenant.as_str(), &sid, p.version)?];
                 let old = self.key_claim(table, "policy-key", tenant, &p.key, &sid);
                 items.extend(self.releases(&old).await?);
                 if self.transact(items).await?.is_none() {
@@ -880,15 +903,13 @@ impl RoleStore for DynamoStore {
         self.timed("roles.create", async {
             let table = &self.tables.roles;
             // Key first, then the policies, in PostgreSQL's order. The key is also
-            // claimed with the put; the policies are checked, not enforced (module doc).
+            // claimed with the put, and the policies are marked with it (dependents.rs).
             if self
                 .exists_in_index(table, "gsi-key", ctx.tenant.as_str(), "key", &new.key)
                 .await?
             {
                 return Err(role_key_taken());
             }
-            self.check_policy_keys(&ctx.tenant, &new.policy_keys)
-                .await?;
             let now = super::item::now();
             let role = Role {
                 tenant_id: ctx.tenant.clone(),
@@ -908,9 +929,19 @@ impl RoleStore for DynamoStore {
             };
             let sid = role.id.to_string();
             let claim = self.key_claim(table, "role-key", &ctx.tenant, &role.key, &sid);
-            self.put_claimed(table, role_to_item(&role)?, &claim, role_key_taken)
-                .await?;
-            Ok(role)
+            // The role is put together with the marks on its policies (dependents.rs);
+            // a policy deleted or re-keyed meanwhile: look the keys up again.
+            for _ in 0..ATTEMPTS {
+                let touches = self.touch_policies(&ctx.tenant, &role.policy_keys).await?;
+                let item = role_to_item(&role)?;
+                if self
+                    .put_claimed(table, item, &claim, role_key_taken, touches)
+                    .await?
+                {
+                    return Ok(role);
+                }
+            }
+            Err(keeps_changing("policy"))
         })
         .await
     }
@@ -961,9 +992,14 @@ impl RoleStore for DynamoStore {
                     tags,
                     risk_level,
                 } = patch.clone();
-                if let Some(keys) = &policy_keys {
-                    self.check_policy_keys(&ctx.tenant, keys).await?;
-                }
+                // Only policies the role did not name yet gain a dependent.
+                let added: Vec<String> = policy_keys
+                    .iter()
+                    .flatten()
+                    .filter(|k| !r.policy_keys.contains(k))
+                    .cloned()
+                    .collect();
+                let mut items = self.touch_policies(&ctx.tenant, &added).await?;
                 set(&mut r.display_name, display_name);
                 set(&mut r.description, description);
                 set(&mut r.policy_keys, policy_keys);
@@ -973,7 +1009,8 @@ impl RoleStore for DynamoStore {
                 r.updated_at = super::item::now();
                 r.updated_by = Some(ctx.actor.as_str().to_owned());
                 let w = role_overwrite(&r, Expect::Version(read_version))?;
-                if self.overwrite(&self.tables.roles, w).await? {
+                items.insert(0, w.transact_item(&self.tables.roles)?);
+                if self.transact_once(items).await?.is_none() {
                     return Ok(r);
                 }
             }
@@ -989,12 +1026,18 @@ impl RoleStore for DynamoStore {
     async fn delete(&self, tenant: &TenantId, id: Uuid, expected: Option<i64>) -> StoreResult<()> {
         self.timed("roles.delete", async {
             let t = tenant.as_str();
+            let sid = id.to_string();
             for _ in 0..ATTEMPTS {
-                let r = self.find_role(tenant, id).await?;
+                let item = self.get_item(&self.tables.roles, t, &sid).await?;
+                let item = item.ok_or(ROLE_NOT_FOUND)?;
+                let (r, mark) = (role_from_item(&item)?, Mark::of(&item));
                 if r.is_system {
                     return Err(system_role());
                 }
                 check_version(expected, r.version)?;
+                // An assignment made just before may not show in gsi-role yet; one made
+                // after this read changes the mark and cancels the delete.
+                mark.settle().await;
                 let now = super::item::now();
                 let items = self.role_assignment_items(tenant, &r.key).await?;
                 let history = items
@@ -1012,9 +1055,8 @@ impl RoleStore for DynamoStore {
                     });
                 }
                 // The delete and the release of the key's claim, together.
-                let sid = id.to_string();
                 let table = &self.tables.roles;
-                let mut items = vec![Self::delete_versioned_item(table, t, &sid, r.version)?];
+                let mut items = vec![mark.delete_item(table, t, &sid, r.version)?];
                 let old = self.key_claim(table, "role-key", tenant, &r.key, &sid);
                 items.extend(self.releases(&old).await?);
                 if self.transact(items).await?.is_some() {
@@ -1081,60 +1123,76 @@ impl AssignmentStore for DynamoStore {
         self.timed("assignments.assign", async {
             let table = &self.tables.role_assignments;
             let t = ctx.tenant.as_str();
-            if !self
-                .exists_in_index(&self.tables.roles, "gsi-key", t, "key", &new.role_key)
-                .await?
-            {
-                return Err(ROLE_NOT_FOUND);
-            }
-            let now = super::item::now();
-            let same = self
-                .user_assignments(
-                    &ctx.tenant,
-                    &new.user_id,
-                    Some(&new.role_key),
-                    Some(&new.scope),
-                )
-                .await?;
-            let same = self.confirm_in_force(&ctx.tenant, same, now).await?;
-            if same.iter().any(|a| a.in_force(now)) {
-                return Err(assignment_exists());
-            }
-            for mut old in same {
-                if old.status != AssignmentStatus::Active {
-                    continue;
+            for _ in 0..ATTEMPTS {
+                // The role is marked as assigned (dependents.rs) in the put's
+                // transaction: every item holding the key (legacy may hold duplicates).
+                let roles = self
+                    .items_with_access_key(&self.tables.roles, &ctx.tenant, &new.role_key)
+                    .await?;
+                if roles.is_empty() {
+                    return Err(ROLE_NOT_FOUND);
                 }
-                let read_version = old.version;
-                old.status = AssignmentStatus::Expired;
-                old.version += 1;
-                let item = assignment_item(&old, now);
-                let w = Overwrite::new(item, ASSIGNMENT_OPTIONAL, Expect::Version(read_version));
-                // A concurrent change (a revoke) leaves it not active either way.
-                self.overwrite(table, w).await?;
+                let mut touches = Vec::with_capacity(roles.len());
+                for item in &roles {
+                    let id = ItemReader::new("roles", item).s("id")?;
+                    let held = [("key", s(&new.role_key))];
+                    touches.push(touch_item(&self.tables.roles, t, &id, &held)?);
+                }
+                let now = super::item::now();
+                let same = self
+                    .user_assignments(
+                        &ctx.tenant,
+                        &new.user_id,
+                        Some(&new.role_key),
+                        Some(&new.scope),
+                    )
+                    .await?;
+                let same = self.confirm_in_force(&ctx.tenant, same, now).await?;
+                if same.iter().any(|a| a.in_force(now)) {
+                    return Err(assignment_exists());
+                }
+                for mut old in same {
+                    if old.status != AssignmentStatus::Active {
+                        continue;
+                    }
+                    let read_version = old.version;
+                    old.status = AssignmentStatus::Expired;
+                    old.version += 1;
+                    let item = assignment_item(&old, now);
+                    let w =
+                        Overwrite::new(item, ASSIGNMENT_OPTIONAL, Expect::Version(read_version));
+                    // A concurrent change (a revoke) leaves it not active either way.
+                    self.overwrite(table, w).await?;
+                }
+                let new = new.clone();
+                let a = RoleAssignment {
+                    tenant_id: ctx.tenant.clone(),
+                    id: new.id,
+                    user_id: new.user_id,
+                    role_key: new.role_key,
+                    scope: new.scope,
+                    status: AssignmentStatus::Active,
+                    expires_at: new.expires_at,
+                    granted_by: ctx.actor.as_str().to_owned(),
+                    granted_at: now,
+                    reason: new.reason,
+                    revoked_by: None,
+                    revoked_at: None,
+                    version: 1,
+                };
+                // Claimed with the put: of concurrent assigns of one (user, role, scope)
+                // one wins, the others find its claim held by an assignment in force.
+                let (value, sid) = (assignment_value(&a), a.id.to_string());
+                let claim = self.assignment_claim(&ctx.tenant, &value, &sid);
+                let item = assignment_item(&a, now);
+                if self
+                    .put_claimed(table, item, &claim, assignment_exists, touches)
+                    .await?
+                {
+                    return Ok(a);
+                }
             }
-            let actor = ctx.actor.as_str().to_owned();
-            let a = RoleAssignment {
-                tenant_id: ctx.tenant.clone(),
-                id: new.id,
-                user_id: new.user_id,
-                role_key: new.role_key,
-                scope: new.scope,
-                status: AssignmentStatus::Active,
-                expires_at: new.expires_at,
-                granted_by: actor,
-                granted_at: now,
-                reason: new.reason,
-                revoked_by: None,
-                revoked_at: None,
-                version: 1,
-            };
-            // Claimed with the put: of concurrent assigns of one (user, role, scope)
-            // one wins, the others find its claim held by an assignment in force.
-            let (value, sid) = (assignment_value(&a), a.id.to_string());
-            let claim = self.assignment_claim(&ctx.tenant, &value, &sid);
-            self.put_claimed(table, assignment_item(&a, now), &claim, assignment_exists)
-                .await?;
-            Ok(a)
+            Err(keeps_changing("role"))
         })
         .await
     }

@@ -13,13 +13,14 @@
 //! subtree's claims would triple its transaction items): the moved assets' old
 //! claims turn stale, and are dropped by the next writer that wants those values.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
+use super::dependents::{Mark, touch_item};
 use super::{
     Claim, DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, cancellation_codes,
     n, s, sdk_error,
@@ -154,33 +155,6 @@ pub(super) fn not_found_as(entity: &'static str) -> impl Fn(StoreError) -> Store
     }
 }
 
-/// A transaction item that holds only if item `id` of `table` exists and each of
-/// `attrs` has the given value.
-pub(super) fn check_item(
-    table: &str,
-    tenant: &str,
-    id: &str,
-    attrs: &[(&str, AttributeValue)],
-) -> StoreResult<TransactWriteItem> {
-    let mut condition = "attribute_exists(id)".to_owned();
-    let mut names = HashMap::new();
-    let mut values = HashMap::new();
-    for (i, (k, v)) in attrs.iter().enumerate() {
-        condition.push_str(&format!(" AND #c{i} = :c{i}"));
-        names.insert(format!("#c{i}"), (*k).to_owned());
-        values.insert(format!(":c{i}"), v.clone());
-    }
-    let check = ConditionCheck::builder()
-        .table_name(table)
-        .set_key(Some(super::key(tenant, id)))
-        .condition_expression(condition)
-        .set_expression_attribute_names((!names.is_empty()).then_some(names))
-        .set_expression_attribute_values((!values.is_empty()).then_some(values))
-        .build()
-        .map_err(|e| StoreError::Internal(Box::new(e)))?;
-    Ok(TransactWriteItem::builder().condition_check(check).build())
-}
-
 /// A transaction item that puts `item` unless an item with its key exists.
 pub(super) fn put_new_item(table: &str, item: Item) -> StoreResult<TransactWriteItem> {
     let put = Put::builder()
@@ -192,9 +166,10 @@ pub(super) fn put_new_item(table: &str, item: Item) -> StoreResult<TransactWrite
     Ok(TransactWriteItem::builder().put(put).build())
 }
 
-/// The check that asset `a` still exists with the customer and path that were read.
+/// The check that asset `a` still exists with the customer and path that were read,
+/// marking it as having gained a dependent.
 pub(super) fn asset_check(table: &str, a: &Asset) -> StoreResult<TransactWriteItem> {
-    check_item(
+    touch_item(
         table,
         a.tenant_id.as_str(),
         &a.id.to_string(),
@@ -435,7 +410,7 @@ async fn put_asset(
     parent: Option<&Asset>,
 ) -> StoreResult<Placed> {
     let t = asset.tenant_id.as_str();
-    let mut items = vec![check_item(
+    let mut items = vec![touch_item(
         &store.tables.customers,
         t,
         &asset.customer_id.to_string(),
@@ -641,13 +616,16 @@ impl AssetStore for DynamoStore {
         expected: Option<i64>,
     ) -> StoreResult<()> {
         self.timed("assets.delete", async {
-            // The children and devices checks read GSIs (eventually consistent) before
-            // the delete: a child or device added at the same moment can be orphaned.
+            // Refused while it has children or devices, enforced by the mark a child
+            // or device write leaves on it (dependents.rs).
+            let t = tenant.as_str();
+            let sid = id.to_string();
             for _ in 0..ATTEMPTS {
-                let asset = self.find_asset(tenant, id).await?;
+                let item = self.get_item(&self.tables.assets, t, &sid).await?;
+                let item = item.ok_or(NOT_FOUND)?;
+                let (asset, mark) = (from_item(&item)?, Mark::of(&item));
                 check_version(expected, asset.version)?;
-                let t = tenant.as_str();
-                let sid = id.to_string();
+                mark.settle().await;
                 if self
                     .exists_in_index(&self.tables.assets, "gsi-parent", t, "parentAssetId", &sid)
                     .await?
@@ -668,12 +646,8 @@ impl AssetStore for DynamoStore {
                 }
                 // The delete and the release of its code's claim, together.
                 let value = code_value(asset.customer_id, &asset.code);
-                let mut items = vec![Self::delete_versioned_item(
-                    &self.tables.assets,
-                    t,
-                    &sid,
-                    asset.version,
-                )?];
+                let mut items =
+                    vec![mark.delete_item(&self.tables.assets, t, &sid, asset.version)?];
                 let old = self.asset_code_claim(tenant, &value, &sid);
                 items.extend(self.releases(&old).await?);
                 if self.transact(items).await?.is_none() {
@@ -991,7 +965,7 @@ impl AssetStore for DynamoStore {
             // The destination check and the node go last, in the final chunk.
             match &parent {
                 Some(p) => writes.push(asset_check(table, p)?),
-                None => writes.push(check_item(
+                None => writes.push(touch_item(
                     &self.tables.customers,
                     ctx.tenant.as_str(),
                     &customer.to_string(),
@@ -1033,6 +1007,7 @@ fn device_move_write(
 mod tests {
     use super::*;
     use crate::domain::asset::Location;
+    use std::collections::HashMap;
 
     const TENANT: &str = "tenant-default";
     const CUSTOMER: &str = "33333333-3333-4333-8333-333333333333";

@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 
+use super::dependents::{Mark, touch_item};
 use super::{Claim, DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, s};
 use super::{bad_cursor, check_version, first_free_code};
 use crate::domain::customer::{
@@ -199,28 +200,30 @@ impl DynamoStore {
 impl CustomerStore for DynamoStore {
     async fn create(&self, ctx: &Ctx, new: NewCustomer) -> StoreResult<Customer> {
         self.timed("customers.create", async {
-            let parent = match new.parent_id {
-                Some(pid) => Some(self.find_customer(&ctx.tenant, pid).await.map_err(
-                    |e| match e {
-                        StoreError::NotFound { .. } => StoreError::NotFound {
-                            entity: "parent customer",
-                        },
-                        e => e,
-                    },
-                )?),
-                None => None,
-            };
-            let (path, depth) = customer_path(
-                &ctx.tenant,
-                parent.as_ref().map(|p| (p.path.as_str(), p.depth)),
-                new.id,
-            );
             // Codes are unique per tenant: checked through gsi-code (legacy items) and
             // claimed in the unique-keys table in the same transaction as the put, so
-            // two concurrent creates of one code cannot both succeed.
+            // two concurrent creates of one code cannot both succeed. The parent is
+            // checked (and marked, dependents.rs) in that transaction too.
             let sid = new.id.to_string();
             let mut lost: Vec<String> = Vec::new();
             for _ in 0..8 {
+                let parent =
+                    match new.parent_id {
+                        Some(pid) => Some(self.find_customer(&ctx.tenant, pid).await.map_err(
+                            |e| match e {
+                                StoreError::NotFound { .. } => StoreError::NotFound {
+                                    entity: "parent customer",
+                                },
+                                e => e,
+                            },
+                        )?),
+                        None => None,
+                    };
+                let (path, depth) = customer_path(
+                    &ctx.tenant,
+                    parent.as_ref().map(|p| (p.path.as_str(), p.depth)),
+                    new.id,
+                );
                 let code = match &new.code {
                     Some(code) => {
                         if self
@@ -257,7 +260,7 @@ impl CustomerStore for DynamoStore {
                     tenant_id: ctx.tenant.clone(),
                     id: new.id,
                     parent_id: new.parent_id,
-                    path: path.clone(),
+                    path,
                     depth,
                     name: new.name.clone(),
                     display_name: new.display_name.clone(),
@@ -278,14 +281,23 @@ impl CustomerStore for DynamoStore {
                 };
                 let claim = self.code_claim(&ctx.tenant, &code, &sid);
                 let put = super::assets::put_new_item(&self.tables.customers, to_item(&customer)?)?;
-                let Some(codes) = self.transact(vec![claim.take()?, put]).await? else {
+                let mut items = vec![claim.take()?, put];
+                if let Some(p) = &parent {
+                    items.push(parent_touch(&self.tables.customers, p)?);
+                }
+                let Some(codes) = self.transact(items).await? else {
                     return Ok(customer);
                 };
-                if codes.get(1).is_some_and(|c| c == "ConditionalCheckFailed") {
+                let failed = |i: usize| codes.get(i).is_some_and(|c| c == "ConditionalCheckFailed");
+                if failed(1) {
                     return Err(StoreError::AlreadyExists {
                         reason: "CUSTOMER_EXISTS",
                         field: "customer.id",
                     });
+                }
+                // The parent moved or went away: read it again.
+                if failed(2) {
+                    continue;
                 }
                 // Claimed by another customer: taken, unless that claim was stale.
                 if !self.claim_taken(&claim).await? {
@@ -387,11 +399,16 @@ impl CustomerStore for DynamoStore {
         expected: Option<i64>,
     ) -> StoreResult<()> {
         self.timed("customers.delete", async {
+            // Refused while it has child customers or assets, enforced by the mark a
+            // child or asset write leaves on it (dependents.rs).
+            let t = tenant.as_str();
+            let sid = id.to_string();
             for _ in 0..5 {
-                let customer = self.find_customer(tenant, id).await?;
+                let item = self.get_item(&self.tables.customers, t, &sid).await?;
+                let item = item.ok_or(NOT_FOUND)?;
+                let (customer, mark) = (from_item(&item)?, Mark::of(&item));
                 check_version(expected, customer.version)?;
-                let t = tenant.as_str();
-                let sid = id.to_string();
+                mark.settle().await;
                 if self
                     .exists_in_index(
                         &self.tables.customers,
@@ -418,12 +435,8 @@ impl CustomerStore for DynamoStore {
                     });
                 }
                 // The delete and the release of its code claim, together.
-                let mut items = vec![Self::delete_versioned_item(
-                    &self.tables.customers,
-                    t,
-                    &sid,
-                    customer.version,
-                )?];
+                let mut items =
+                    vec![mark.delete_item(&self.tables.customers, t, &sid, customer.version)?];
                 let old = self.code_claim(tenant, &customer.code, &sid);
                 items.extend(self.releases(&old).await?);
                 if self.transact(items).await?.is_none() {
@@ -630,7 +643,7 @@ impl CustomerStore for DynamoStore {
             node.updated_by = Some(ctx.actor.as_str().to_owned());
             // The node and the parent check go last, in the final chunk.
             if let Some(p) = &parent {
-                writes.push(parent_check(table, p)?);
+                writes.push(parent_touch(table, p)?);
             }
             writes.push(overwrite(&node, Expect::Version(read_version))?.transact_item(table)?);
             self.transact_chunks(writes).await?;
@@ -640,20 +653,16 @@ impl CustomerStore for DynamoStore {
     }
 }
 
-/// A transaction item that holds only if `p`'s path is still what was read.
-fn parent_check(
+/// A transaction item that holds only if parent `p` still exists with the path that
+/// was read, marking it as having gained a dependent.
+fn parent_touch(
     table: &str,
     p: &Customer,
 ) -> StoreResult<aws_sdk_dynamodb::types::TransactWriteItem> {
-    let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
-        .table_name(table)
-        .set_key(Some(super::key(p.tenant_id.as_str(), &p.id.to_string())))
-        .condition_expression("#path = :path")
-        .expression_attribute_names("#path", "path")
-        .expression_attribute_values(":path", AttributeValue::S(p.path.clone()))
-        .build()
-        .map_err(|e| StoreError::Internal(Box::new(e)))?;
-    Ok(aws_sdk_dynamodb::types::TransactWriteItem::builder()
-        .condition_check(check)
-        .build())
+    touch_item(
+        table,
+        p.tenant_id.as_str(),
+        &p.id.to_string(),
+        &[("path", AttributeValue::S(p.path.clone()))],
+    )
 }

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::assets::{check_item, keeps_changing, not_found_as, put_new_item};
+use super::assets::{keeps_changing, not_found_as, put_new_item};
+use super::dependents::touch_item;
 use super::{Claim, DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, s};
 use super::{bad_cursor, check_version};
 use crate::domain::device::{
@@ -180,7 +181,7 @@ fn asset_customer_check(
     asset: AssetId,
     customer: CustomerId,
 ) -> StoreResult<aws_sdk_dynamodb::types::TransactWriteItem> {
-    check_item(
+    touch_item(
         &store.tables.assets,
         tenant.as_str(),
         &asset.to_string(),

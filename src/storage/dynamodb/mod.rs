@@ -14,6 +14,7 @@
 mod access;
 mod assets;
 mod customers;
+mod dependents;
 mod devices;
 mod item;
 mod partners;
