@@ -1372,6 +1372,25 @@ impl Outcomes {
     }
 }
 
+/// Creates a customer with a unique code (generated codes of concurrent creates would
+/// contend), under `parent` when given.
+async fn new_customer(
+    s: &ModeServer,
+    tenant: &str,
+    parent: Option<String>,
+) -> Result<pb::Customer, tonic::Status> {
+    let c = pb::Customer {
+        name: "C".into(),
+        code: Some(format!("C-{}", Uuid::new_v4().simple())),
+        r#type: pb::CustomerType::Company as i32,
+        parent_customer_id: parent,
+        ..Default::default()
+    };
+    let request = req(tenant, pb::CreateCustomerRequest { customer: Some(c) });
+    let made = s.customers().create_customer(request).await;
+    made.map(tonic::Response::into_inner)
+}
+
 /// DynamoDB authoritative: the "in use" rules hold against concurrent writers. A child
 /// customer, a device, a role naming a policy and an assignment of a role each race
 /// the delete of what they depend on, over many rounds: never do both succeed.
@@ -1380,29 +1399,7 @@ async fn dynamodb_in_use_rules_hold_against_a_concurrent_dependent() {
     const ROUNDS: usize = 8;
     let s = &ModeServer::start(StorageMode::Dynamodb).await;
     let t = "tenant-a";
-    let customer = |parent: Option<String>| {
-        let mut customers = s.customers();
-        async move {
-            let kind = match parent {
-                Some(_) => pb::CustomerType::Branch,
-                None => pb::CustomerType::Company,
-            };
-            customers
-                .create_customer(req(
-                    t,
-                    pb::CreateCustomerRequest {
-                        customer: Some(pb::Customer {
-                            name: "C".into(),
-                            parent_customer_id: parent,
-                            r#type: kind as i32,
-                            ..Default::default()
-                        }),
-                    },
-                ))
-                .await
-                .map(tonic::Response::into_inner)
-        }
-    };
+    let customer = |parent| new_customer(s, t, parent);
     let root = &customer(None).await.unwrap();
 
     let customer_rounds = (0..ROUNDS).map(|_| async {
@@ -1543,4 +1540,135 @@ async fn dynamodb_in_use_rules_hold_against_a_concurrent_dependent() {
     for (what, o) in &all {
         assert_eq!(o.both_won, 0, "{what}: a dependent was orphaned: {all:?}");
     }
+}
+
+/// DynamoDB authoritative: a dependent added under a subtree while the subtree moves
+/// ends consistent with it. A child customer created under a moving customer subtree
+/// has its parent's current path, and a device created on an asset of a subtree moving
+/// to another customer has its asset's customer, whichever write lands first. A move
+/// that lost the race says so (FAILED_PRECONDITION) and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_dependent_added_during_a_move_follows_the_subtree() {
+    const ROUNDS: usize = 16;
+    let s = &ModeServer::start(StorageMode::Dynamodb).await;
+    let t = "tenant-a";
+    let customer = |parent| new_customer(s, t, parent);
+    let asset = |customer_id: String, parent: Option<String>, code: String| {
+        let mut assets = s.assets();
+        async move {
+            let a = pb::Asset {
+                customer_id,
+                parent_asset_id: parent,
+                name: "A".into(),
+                code: Some(code),
+                r#type: pb::AssetType::Building as i32,
+                ..Default::default()
+            };
+            let made = assets.create_asset(req(t, pb::CreateAssetRequest { asset: Some(a) }));
+            made.await.unwrap().into_inner()
+        }
+    };
+    let moved_ok = |moved: Result<(), tonic::Status>, what: &str| match moved {
+        Ok(()) => 1,
+        Err(e) => {
+            assert_eq!(e.code(), Code::FailedPrecondition, "{what}: {e:?}");
+            0
+        }
+    };
+    let r1 = &customer(None).await.unwrap();
+    let r2 = &customer(None).await.unwrap();
+
+    // The dependent starts a little later each round, so that it lands at every
+    // point of the move; the subtree is older than the index lag, so that the move
+    // does not wait for the index and re-read (which would hide the race).
+    let later = |i: usize| tokio::time::sleep(Duration::from_millis(i as u64));
+    let settled = || tokio::time::sleep(Duration::from_millis(1200));
+    let customer_rounds = (0..ROUNDS).map(|i| async move {
+        let p = customer(Some(r1.id.clone())).await.unwrap();
+        let x = customer(Some(p.id.clone())).await.unwrap();
+        settled().await;
+        let mut customers = s.customers();
+        let mv = customers.move_customer(req(
+            t,
+            pb::MoveCustomerRequest {
+                id: p.id.clone(),
+                destination: Some(pb::move_customer_request::Destination::NewParentCustomerId(
+                    r2.id.clone(),
+                )),
+                expected_version: None,
+            },
+        ));
+        let add = async {
+            later(i).await;
+            customer(Some(x.id.clone())).await
+        };
+        let (child, moved) = tokio::join!(add, mv);
+        let child = child.expect("a child of a moving subtree is created");
+        let get = |id: String| {
+            let mut customers = s.customers();
+            async move {
+                let got = customers.get_customer(req(t, pb::GetCustomerRequest { id }));
+                got.await.unwrap().into_inner()
+            }
+        };
+        let (child, x) = (get(child.id).await, get(x.id).await);
+        let stale = child.path != format!("{}/{}", x.path, child.id) || child.depth != x.depth + 1;
+        (
+            moved_ok(moved.map(|_| ()), "customer move"),
+            usize::from(stale),
+        )
+    });
+    let asset_rounds = (0..ROUNDS).map(|i| async move {
+        let b = asset(r1.id.clone(), None, format!("B-{i}")).await;
+        let y = asset(r1.id.clone(), Some(b.id.clone()), format!("Y-{i}")).await;
+        settled().await;
+        let (mut devices, mut assets) = (s.devices(), s.assets());
+        let mv = assets.move_asset(req(
+            t,
+            pb::MoveAssetRequest {
+                id: b.id.clone(),
+                destination: Some(pb::move_asset_request::Destination::ToRoot(true)),
+                new_customer_id: Some(r2.id.clone()),
+                expected_version: None,
+            },
+        ));
+        let add = async {
+            later(10 * i).await;
+            devices.create_device(req(t, new_meter(&y.id))).await
+        };
+        let (device, moved) = tokio::join!(add, mv);
+        let device = device
+            .expect("a device of a moving subtree is created")
+            .into_inner();
+        let device = s
+            .devices()
+            .get_device(req(t, pb::GetDeviceRequest { id: device.id }))
+            .await
+            .unwrap()
+            .into_inner();
+        let y = s
+            .assets()
+            .get_asset(req(t, pb::GetAssetRequest { id: y.id }))
+            .await
+            .unwrap()
+            .into_inner();
+        let stale = device.customer_id != y.customer_id;
+        (
+            moved_ok(moved.map(|_| ()), "asset move"),
+            usize::from(stale),
+        )
+    });
+    let customers = futures::future::join_all(customer_rounds).await;
+    let assets = futures::future::join_all(asset_rounds).await;
+    let tally = |rounds: &[(usize, usize)]| {
+        rounds
+            .iter()
+            .fold((0, 0), |(m, s), (moved, stale)| (m + moved, s + stale))
+    };
+    let (customers, assets) = (tally(&customers), tally(&assets));
+    eprintln!(
+        "(moves through, dependents stale) of {ROUNDS}: customers {customers:?}, assets {assets:?}"
+    );
+    assert_eq!(customers.1, 0, "child customers left with a stale path");
+    assert_eq!(assets.1, 0, "devices left with their asset's old customer");
 }

@@ -20,7 +20,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
-use super::dependents::{Mark, touch_item};
+use super::dependents::{Mark, touch_item, unsettled};
 use super::{
     Claim, DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, cancellation_codes,
     n, s, sdk_error,
@@ -114,6 +114,11 @@ pub(crate) fn from_item(item: &Item) -> StoreResult<Asset> {
         created_by: r.opt_s("createdBy")?.unwrap_or_else(|| "system".into()),
         updated_by: r.opt_s("updatedBy")?,
     })
+}
+
+/// An asset read with its mark, for a move (dependents.rs).
+fn marked(item: &Item) -> StoreResult<(Asset, Mark)> {
+    Ok((from_item(item)?, Mark::of(item)))
 }
 
 /// The overwrite that stores `a` if the stored item still meets `expect`.
@@ -305,14 +310,15 @@ impl DynamoStore {
 
     /// Assets whose path starts with `prefix` (which ends with `/`), in path order,
     /// at most `max_depth` deep (absolute), after the path `after`, at most `want`.
-    async fn assets_under(
+    async fn assets_under<T>(
         &self,
         tenant: &TenantId,
         prefix: &str,
         max_depth: Option<i32>,
         after: Option<&str>,
         want: usize,
-    ) -> StoreResult<Vec<Asset>> {
+        read: fn(&Item) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
         let mut q = Query::index_prefix(
             &self.tables.assets,
             "gsi-path",
@@ -343,7 +349,7 @@ impl DynamoStore {
                 .collect(),
             );
         }
-        self.query(&q, want).await?.iter().map(from_item).collect()
+        self.query(&q, want).await?.iter().map(read).collect()
     }
 
     /// The devices on `asset` (gsi-asset), in id order.
@@ -733,6 +739,7 @@ impl AssetStore for DynamoStore {
                     max_abs,
                     page.after.as_deref(),
                     page.size + 1,
+                    from_item,
                 )
                 .await?;
             Ok(Page::from_overfetch(rows, page.size, |a| a.path.clone()))
@@ -778,6 +785,7 @@ impl AssetStore for DynamoStore {
                     Some(max_abs),
                     None,
                     limit,
+                    from_item,
                 )
                 .await?;
             // At most `limit` nodes with the top one: `limit - 1` descendants, and the
@@ -811,6 +819,7 @@ impl AssetStore for DynamoStore {
                     Some(max_depth),
                     None,
                     limit.saturating_add(1),
+                    from_item,
                 )
                 .await?;
             let truncated = nodes.len() > limit;
@@ -833,9 +842,9 @@ impl AssetStore for DynamoStore {
     /// A move of up to 98 items (descendants plus devices) is therefore atomic; a
     /// larger one that fails part-way (PARTIAL_MOVE) has some descendants (with their
     /// devices) under the new path while the node is still in place, and retrying the
-    /// same move finishes it. Not covered by any check: an asset or device created
-    /// under the subtree after it was read (or not yet visible in the eventually
-    /// consistent gsi-path / gsi-asset) keeps its old path or customer.
+    /// same move finishes it. An asset or device added under the subtree meanwhile
+    /// changes its parent's mark, and every write is conditioned on the mark read
+    /// (dependents.rs), so it is never left with the old path or customer.
     async fn move_to(
         &self,
         ctx: &Ctx,
@@ -845,144 +854,154 @@ impl AssetStore for DynamoStore {
     ) -> StoreResult<Asset> {
         self.timed("assets.move", async {
             let table = &self.tables.assets;
-            let mut node = self.find_asset(&ctx.tenant, id).await?;
-            check_version(expected, node.version)?;
-            let (customer, parent) = match to {
-                AssetDestination::UnderParent(pid) if pid == id => return Err(cycle()),
-                AssetDestination::UnderParent(pid) => {
-                    let p = self
-                        .find_asset(&ctx.tenant, pid)
-                        .await
-                        .map_err(not_found_as("new parent asset"))?;
-                    if p.path.starts_with(&format!("{}/", node.path)) {
-                        return Err(cycle());
+            let (t, sid) = (ctx.tenant.as_str(), id.to_string());
+            for attempt in 0..2 {
+                let item = self.get_item(table, t, &sid).await?.ok_or(NOT_FOUND)?;
+                let (mut node, node_mark) = (from_item(&item)?, Mark::of(&item));
+                check_version(expected, node.version)?;
+                let (customer, parent) = match to {
+                    AssetDestination::UnderParent(pid) if pid == id => return Err(cycle()),
+                    AssetDestination::UnderParent(pid) => {
+                        let p = self
+                            .find_asset(&ctx.tenant, pid)
+                            .await
+                            .map_err(not_found_as("new parent asset"))?;
+                        if p.path.starts_with(&format!("{}/", node.path)) {
+                            return Err(cycle());
+                        }
+                        (p.customer_id, Some(p))
                     }
-                    (p.customer_id, Some(p))
-                }
-                AssetDestination::RootOf(customer) => {
-                    if !self.asset_customer_exists(&ctx.tenant, customer).await? {
-                        return Err(StoreError::NotFound {
-                            entity: "new customer",
-                        });
+                    AssetDestination::RootOf(customer) => {
+                        if !self.asset_customer_exists(&ctx.tenant, customer).await? {
+                            return Err(StoreError::NotFound {
+                                entity: "new customer",
+                            });
+                        }
+                        (customer, None)
                     }
-                    (customer, None)
-                }
-            };
-            let (new_path, new_depth) = asset_path(
-                &ctx.tenant,
-                customer,
-                parent.as_ref().map(|p| (p.path.as_str(), p.depth)),
-                id,
-            );
-            let now = super::item::now();
-            let actor = ctx.actor.as_str().to_owned();
-            let customer_changes = customer != node.customer_id;
-            let descendants = self
-                .assets_under(
+                };
+                let (new_path, new_depth) = asset_path(
                     &ctx.tenant,
-                    &format!("{}/", node.path),
-                    None,
-                    None,
-                    usize::MAX,
-                )
-                .await?;
-            // Codes are unique per customer: a move into a customer that already has
-            // one of the moved codes is refused, as PostgreSQL's constraint refuses it.
-            // Checked, not claimed (module doc).
-            if customer_changes {
-                let q = Query::index_eq(
-                    table,
-                    "gsi-customer",
-                    ctx.tenant.as_str(),
-                    "customerId",
-                    &customer.to_string(),
+                    customer,
+                    parent.as_ref().map(|p| (p.path.as_str(), p.depth)),
+                    id,
                 );
-                let held: HashSet<String> = self
-                    .query(&q, usize::MAX)
-                    .await?
-                    .iter()
-                    .filter_map(|i| i.get("code").and_then(|v| v.as_s().ok()).cloned())
-                    .collect();
-                if std::iter::once(&node.code)
-                    .chain(descendants.iter().map(|d| &d.code))
-                    .any(|c| held.contains(c))
-                {
-                    return Err(code_taken());
+                let now = super::item::now();
+                let actor = ctx.actor.as_str().to_owned();
+                let customer_changes = customer != node.customer_id;
+                let prefix = format!("{}/", node.path);
+                let descendants = self
+                    .assets_under(&ctx.tenant, &prefix, None, None, usize::MAX, marked)
+                    .await?;
+                // A child or device added to the subtree just before may not show in
+                // gsi-path / gsi-asset yet: wait for it and read again (dependents.rs). One
+                // added later changes its parent's mark, which the writes are conditioned on.
+                let marks = std::iter::once(&node_mark).chain(descendants.iter().map(|d| &d.1));
+                if let (0, Some(wait)) = (attempt, unsettled(marks)) {
+                    tokio::time::sleep(wait).await;
+                    continue;
                 }
-            }
-            // The devices of every moved asset, the node's last, when they change
-            // customer.
-            let mut devices: Vec<Vec<Device>> = if customer_changes {
-                let ids: Vec<AssetId> = descendants
-                    .iter()
-                    .map(|d| d.id)
-                    .chain(std::iter::once(id))
-                    .collect();
-                futures::stream::iter(ids)
-                    .map(|a| self.devices_on_asset(&ctx.tenant, a))
-                    .buffered(DEVICE_QUERY_CONCURRENCY)
-                    .try_collect()
-                    .await?
-            } else {
-                Vec::new()
-            };
-            let mut seen = HashSet::new();
-            let mut device_writes = |list: Option<Vec<Device>>| -> StoreResult<Vec<_>> {
-                let mut out = Vec::new();
-                for d in list.unwrap_or_default() {
-                    // The index may briefly show a just-moved device under two assets;
-                    // one transaction must not name an item twice.
-                    if !seen.insert(d.id) {
-                        continue;
-                    }
-                    out.push(
-                        device_move_write(d, customer, now, &actor)?
-                            .transact_item(&self.tables.devices)?,
+                // Codes are unique per customer: a move into a customer that already has
+                // one of the moved codes is refused, as PostgreSQL's constraint refuses it.
+                // Checked, not claimed (module doc).
+                if customer_changes {
+                    let q = Query::index_eq(
+                        table,
+                        "gsi-customer",
+                        ctx.tenant.as_str(),
+                        "customerId",
+                        &customer.to_string(),
                     );
+                    let held: HashSet<String> = self
+                        .query(&q, usize::MAX)
+                        .await?
+                        .iter()
+                        .filter_map(|i| i.get("code").and_then(|v| v.as_s().ok()).cloned())
+                        .collect();
+                    if std::iter::once(&node.code)
+                        .chain(descendants.iter().map(|d| &d.0.code))
+                        .any(|c| held.contains(c))
+                    {
+                        return Err(code_taken());
+                    }
                 }
-                Ok(out)
-            };
-            let node_devices = if customer_changes {
-                devices.pop()
-            } else {
-                None
-            };
-            let mut devices = devices.into_iter();
-            let delta = new_depth - node.depth;
-            let mut writes = Vec::with_capacity(descendants.len() + 2);
-            for mut d in descendants {
-                writes.extend(device_writes(devices.next())?);
-                let read_version = d.version;
-                d.customer_id = customer;
-                d.path = format!("{new_path}{}", &d.path[node.path.len()..]);
-                d.depth += delta;
-                d.version += 1;
-                d.updated_at = now;
-                d.updated_by = Some(actor.clone());
-                writes.push(overwrite(&d, Expect::Version(read_version))?.transact_item(table)?);
+                // The devices of every moved asset, the node's last, when they change
+                // customer.
+                let mut devices: Vec<Vec<Device>> = if customer_changes {
+                    let ids: Vec<AssetId> = descendants
+                        .iter()
+                        .map(|d| d.0.id)
+                        .chain(std::iter::once(id))
+                        .collect();
+                    futures::stream::iter(ids)
+                        .map(|a| self.devices_on_asset(&ctx.tenant, a))
+                        .buffered(DEVICE_QUERY_CONCURRENCY)
+                        .try_collect()
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                let mut seen = HashSet::new();
+                let mut device_writes = |list: Option<Vec<Device>>| -> StoreResult<Vec<_>> {
+                    let mut out = Vec::new();
+                    for d in list.unwrap_or_default() {
+                        // The index may briefly show a just-moved device under two assets;
+                        // one transaction must not name an item twice.
+                        if !seen.insert(d.id) {
+                            continue;
+                        }
+                        out.push(
+                            device_move_write(d, customer, now, &actor)?
+                                .transact_item(&self.tables.devices)?,
+                        );
+                    }
+                    Ok(out)
+                };
+                let node_devices = if customer_changes {
+                    devices.pop()
+                } else {
+                    None
+                };
+                let mut devices = devices.into_iter();
+                let delta = new_depth - node.depth;
+                let mut writes = Vec::with_capacity(descendants.len() + 2);
+                for (mut d, mark) in descendants {
+                    writes.extend(device_writes(devices.next())?);
+                    let read_version = d.version;
+                    d.customer_id = customer;
+                    d.path = format!("{new_path}{}", &d.path[node.path.len()..]);
+                    d.depth += delta;
+                    d.version += 1;
+                    d.updated_at = now;
+                    d.updated_by = Some(actor.clone());
+                    let w = mark.guard(overwrite(&d, Expect::Version(read_version))?);
+                    writes.push(w.transact_item(table)?);
+                }
+                writes.extend(device_writes(node_devices)?);
+                // The destination check and the node go last, in the final chunk.
+                match &parent {
+                    Some(p) => writes.push(asset_check(table, p)?),
+                    None => writes.push(touch_item(
+                        &self.tables.customers,
+                        ctx.tenant.as_str(),
+                        &customer.to_string(),
+                        &[],
+                    )?),
+                }
+                let read_version = node.version;
+                node.customer_id = customer;
+                node.parent_id = parent.as_ref().map(|p| p.id);
+                node.path = new_path;
+                node.depth = new_depth;
+                node.version += 1;
+                node.updated_at = now;
+                node.updated_by = Some(actor);
+                let w = node_mark.guard(overwrite(&node, Expect::Version(read_version))?);
+                writes.push(w.transact_item(table)?);
+                self.transact_chunks(writes).await?;
+                return Ok(node);
             }
-            writes.extend(device_writes(node_devices)?);
-            // The destination check and the node go last, in the final chunk.
-            match &parent {
-                Some(p) => writes.push(asset_check(table, p)?),
-                None => writes.push(touch_item(
-                    &self.tables.customers,
-                    ctx.tenant.as_str(),
-                    &customer.to_string(),
-                    &[],
-                )?),
-            }
-            let read_version = node.version;
-            node.customer_id = customer;
-            node.parent_id = parent.as_ref().map(|p| p.id);
-            node.path = new_path;
-            node.depth = new_depth;
-            node.version += 1;
-            node.updated_at = now;
-            node.updated_by = Some(actor);
-            writes.push(overwrite(&node, Expect::Version(read_version))?.transact_item(table)?);
-            self.transact_chunks(writes).await?;
-            Ok(node)
+            Err(keeps_changing("asset"))
         })
         .await
     }

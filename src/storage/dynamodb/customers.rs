@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::dependents::{Mark, touch_item};
+use super::dependents::{Mark, touch_item, unsettled};
 use super::{Claim, DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, s};
 use super::{bad_cursor, check_version, first_free_code};
 use crate::domain::customer::{
@@ -93,6 +93,11 @@ pub(crate) fn from_item(item: &Item) -> StoreResult<Customer> {
     })
 }
 
+/// A customer read with its mark, for a move (dependents.rs).
+fn marked(item: &Item) -> StoreResult<(Customer, Mark)> {
+    Ok((from_item(item)?, Mark::of(item)))
+}
+
 /// The overwrite that stores `c` if the stored version is still `read_version`.
 pub(crate) fn overwrite(c: &Customer, expect: Expect) -> StoreResult<Overwrite> {
     Ok(Overwrite::new(to_item(c)?, OPTIONAL, expect))
@@ -145,14 +150,15 @@ impl DynamoStore {
     }
 
     /// Every strict descendant of `path`, in path order, at most `want`.
-    async fn customer_descendant_items(
+    async fn customer_descendant_items<T>(
         &self,
         tenant: &TenantId,
         path: &str,
         max_depth: Option<i32>,
         after: Option<&str>,
         want: usize,
-    ) -> StoreResult<Vec<Customer>> {
+        read: fn(&Item) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
         let prefix = format!("{path}/");
         let mut q = Query::index_prefix(
             &self.tables.customers,
@@ -184,7 +190,7 @@ impl DynamoStore {
                 .collect(),
             );
         }
-        self.query(&q, want).await?.iter().map(from_item).collect()
+        self.query(&q, want).await?.iter().map(read).collect()
     }
 }
 
@@ -527,6 +533,7 @@ impl CustomerStore for DynamoStore {
                     max_abs,
                     page.after.as_deref(),
                     page.size + 1,
+                    from_item,
                 )
                 .await?;
             Ok(Page::from_overfetch(rows, page.size, |c| c.path.clone()))
@@ -566,7 +573,7 @@ impl CustomerStore for DynamoStore {
             let top = self.find_customer(tenant, id).await?;
             let max_abs = top.depth.saturating_add(max_depth);
             let mut rows = self
-                .customer_descendant_items(tenant, &top.path, Some(max_abs), None, limit)
+                .customer_descendant_items(tenant, &top.path, Some(max_abs), None, limit, from_item)
                 .await?;
             let truncated = rows.len() >= limit;
             rows.truncate(limit.saturating_sub(1));
@@ -593,61 +600,85 @@ impl CustomerStore for DynamoStore {
     ) -> StoreResult<Customer> {
         self.timed("customers.move", async {
             let table = &self.tables.customers;
-            let mut node = self.find_customer(&ctx.tenant, id).await?;
-            check_version(expected, node.version)?;
-            let parent = match new_parent {
-                Some(pid) if pid == id => return Err(cycle()),
-                Some(pid) => {
-                    let p = self
-                        .find_customer(&ctx.tenant, pid)
-                        .await
-                        .map_err(|e| match e {
-                            StoreError::NotFound { .. } => StoreError::NotFound {
-                                entity: "new parent customer",
-                            },
-                            e => e,
-                        })?;
-                    if p.path.starts_with(&format!("{}/", node.path)) {
-                        return Err(cycle());
+            let (t, sid) = (ctx.tenant.as_str(), id.to_string());
+            for attempt in 0..2 {
+                let item = self.get_item(table, t, &sid).await?.ok_or(NOT_FOUND)?;
+                let (mut node, node_mark) = (from_item(&item)?, Mark::of(&item));
+                check_version(expected, node.version)?;
+                let parent = match new_parent {
+                    Some(pid) if pid == id => return Err(cycle()),
+                    Some(pid) => {
+                        let p =
+                            self.find_customer(&ctx.tenant, pid)
+                                .await
+                                .map_err(|e| match e {
+                                    StoreError::NotFound { .. } => StoreError::NotFound {
+                                        entity: "new parent customer",
+                                    },
+                                    e => e,
+                                })?;
+                        if p.path.starts_with(&format!("{}/", node.path)) {
+                            return Err(cycle());
+                        }
+                        Some(p)
                     }
-                    Some(p)
+                    None => None,
+                };
+                let (new_path, new_depth) = customer_path(
+                    &ctx.tenant,
+                    parent.as_ref().map(|p| (p.path.as_str(), p.depth)),
+                    id,
+                );
+                let now = super::item::now();
+                let descendants = self
+                    .customer_descendant_items(
+                        &ctx.tenant,
+                        &node.path,
+                        None,
+                        None,
+                        usize::MAX,
+                        marked,
+                    )
+                    .await?;
+                // A child added to the subtree just before may not show in gsi-path yet:
+                // wait for it and read again (dependents.rs). One added later changes
+                // its parent's mark, which every write below is conditioned on.
+                let marks = std::iter::once(&node_mark).chain(descendants.iter().map(|d| &d.1));
+                if let (0, Some(wait)) = (attempt, unsettled(marks)) {
+                    tokio::time::sleep(wait).await;
+                    continue;
                 }
-                None => None,
-            };
-            let (new_path, new_depth) = customer_path(
-                &ctx.tenant,
-                parent.as_ref().map(|p| (p.path.as_str(), p.depth)),
-                id,
-            );
-            let now = super::item::now();
-            let descendants = self
-                .customer_descendant_items(&ctx.tenant, &node.path, None, None, usize::MAX)
-                .await?;
-            let delta = new_depth - node.depth;
-            let mut writes = Vec::with_capacity(descendants.len() + 2);
-            for mut d in descendants {
-                let read_version = d.version;
-                d.path = format!("{new_path}{}", &d.path[node.path.len()..]);
-                d.depth += delta;
-                d.version += 1;
-                d.updated_at = now;
-                d.updated_by = Some(ctx.actor.as_str().to_owned());
-                writes.push(overwrite(&d, Expect::Version(read_version))?.transact_item(table)?);
+                let delta = new_depth - node.depth;
+                let mut writes = Vec::with_capacity(descendants.len() + 2);
+                for (mut d, mark) in descendants {
+                    let read_version = d.version;
+                    d.path = format!("{new_path}{}", &d.path[node.path.len()..]);
+                    d.depth += delta;
+                    d.version += 1;
+                    d.updated_at = now;
+                    d.updated_by = Some(ctx.actor.as_str().to_owned());
+                    let w = mark.guard(overwrite(&d, Expect::Version(read_version))?);
+                    writes.push(w.transact_item(table)?);
+                }
+                let read_version = node.version;
+                node.parent_id = new_parent;
+                node.path = new_path;
+                node.depth = new_depth;
+                node.version += 1;
+                node.updated_at = now;
+                node.updated_by = Some(ctx.actor.as_str().to_owned());
+                // The node and the parent check go last, in the final chunk.
+                if let Some(p) = &parent {
+                    writes.push(parent_touch(table, p)?);
+                }
+                let w = node_mark.guard(overwrite(&node, Expect::Version(read_version))?);
+                writes.push(w.transact_item(table)?);
+                self.transact_chunks(writes).await?;
+                return Ok(node);
             }
-            let read_version = node.version;
-            node.parent_id = new_parent;
-            node.path = new_path;
-            node.depth = new_depth;
-            node.version += 1;
-            node.updated_at = now;
-            node.updated_by = Some(ctx.actor.as_str().to_owned());
-            // The node and the parent check go last, in the final chunk.
-            if let Some(p) = &parent {
-                writes.push(parent_touch(table, p)?);
-            }
-            writes.push(overwrite(&node, Expect::Version(read_version))?.transact_item(table)?);
-            self.transact_chunks(writes).await?;
-            Ok(node)
+            Err(StoreError::Unavailable(
+                "the customer keeps gaining children; retry".into(),
+            ))
         })
         .await
     }

@@ -27,7 +27,7 @@ use chrono::Utc;
 use std::collections::HashMap;
 use uuid::Uuid;
 
-use super::{Item, key, n, s};
+use super::{Item, Overwrite, key, n, s};
 use crate::storage::{StoreError, StoreResult};
 
 /// The parent's mark: `<unix ms of the last addition> <random>`.
@@ -99,6 +99,34 @@ impl Mark {
         }
     }
 
+    /// The condition that the item's mark is still this one, with its names and
+    /// values added to `names` and `values`.
+    fn unchanged(
+        &self,
+        names: &mut HashMap<String, String>,
+        values: &mut HashMap<String, AttributeValue>,
+    ) -> &'static str {
+        names.insert("#mark".into(), DEPENDENTS_MARK.into());
+        match &self.0 {
+            Some(mark) => {
+                values.insert(":mark".into(), s(mark));
+                "#mark = :mark"
+            }
+            None => "attribute_not_exists(#mark)",
+        }
+    }
+
+    /// `w`, holding only while the item's mark is still this one: a move of the
+    /// item must not miss a dependent added to it since it was read.
+    pub(super) fn guard(&self, mut w: Overwrite) -> Overwrite {
+        let unchanged = self.unchanged(&mut w.names, &mut w.values);
+        w.condition = Some(match w.condition {
+            Some(c) => format!("({c}) AND {unchanged}"),
+            None => unchanged.to_owned(),
+        });
+        w
+    }
+
     /// The delete of parent `id` if its version is `version` and its mark unchanged,
     /// as one item of a TransactWriteItems.
     pub(super) fn delete_item(
@@ -108,28 +136,24 @@ impl Mark {
         id: &str,
         version: i64,
     ) -> StoreResult<TransactWriteItem> {
-        let names = HashMap::from([
-            ("#ver".to_owned(), "version".to_owned()),
-            ("#mark".to_owned(), DEPENDENTS_MARK.to_owned()),
-        ]);
+        let mut names = HashMap::from([("#ver".to_owned(), "version".to_owned())]);
         let mut values = HashMap::from([(":v".to_owned(), n(version))]);
-        let condition = match &self.0 {
-            Some(mark) => {
-                values.insert(":mark".into(), s(mark));
-                "#ver = :v AND #mark = :mark"
-            }
-            None => "#ver = :v AND attribute_not_exists(#mark)",
-        };
+        let unchanged = self.unchanged(&mut names, &mut values);
         let delete = Delete::builder()
             .table_name(table)
             .set_key(Some(key(tenant, id)))
-            .condition_expression(condition)
+            .condition_expression(format!("#ver = :v AND {unchanged}"))
             .set_expression_attribute_names(Some(names))
             .set_expression_attribute_values(Some(values))
             .build()
             .map_err(|e| StoreError::Internal(Box::new(e)))?;
         Ok(TransactWriteItem::builder().delete(delete).build())
     }
+}
+
+/// The longest any of `marks` needs for its dependents to show in the indexes.
+pub(super) fn unsettled<'a>(marks: impl IntoIterator<Item = &'a Mark>) -> Option<Duration> {
+    marks.into_iter().filter_map(Mark::unsettled_for).max()
 }
 
 #[cfg(test)]
