@@ -844,6 +844,86 @@ async fn service_writes_during_the_backfill_end_in_parity() {
     assert_parity(&stores).await;
 }
 
+/// An item deferred (its parent later in the scan) keeps the copy read by the scan,
+/// so the deferred pass loads it without reading DynamoDB again. If dual write deletes
+/// it meanwhile, that copy must not bring it back: the delete's tombstone wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_deleted_while_deferred_is_not_loaded_from_its_kept_copy() {
+    let server = ModeServer::start(StorageMode::DualDynamodbPrimary).await;
+    let stores = stores_of(&server);
+    // The emulator scans one tenant in id order: the child first, its parent last,
+    // a few roots between them.
+    let (child, parent) = (Uuid::from_u128(1), Uuid::from_u128(u128::MAX - 1));
+    let mut items = vec![
+        customer(
+            child,
+            Some(parent),
+            &format!("/{T}/{parent}/{child}"),
+            1,
+            "CHILD",
+        ),
+        customer(parent, None, &format!("/{T}/{parent}"), 0, "PARENT"),
+    ];
+    for k in 0..10 {
+        let r = Uuid::new_v4();
+        items.push(customer(r, None, &format!("/{T}/{r}"), 0, &format!("R{k}")));
+    }
+    put(&stores, &stores.dynamo.tables().customers.clone(), items).await;
+
+    let run = {
+        let stores = stores.clone();
+        tokio::spawn(async move {
+            let a = BackfillArgs {
+                tables: vec!["customers".into()],
+                segments: 1,
+                page_size: 1,
+                rate: 4.0,
+                ..args("gone")
+            };
+            backfill::run(&stores, &a).await
+        })
+    };
+    let deferred = format!(
+        "SELECT count(*) AS n FROM backfill_deferred WHERE id = '{child}' AND item IS NOT NULL"
+    );
+    let started = std::time::Instant::now();
+    while count(&stores, &deferred).await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20) && !run.is_finished(),
+            "the child was never deferred with its item"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server
+        .customers()
+        .delete_customer(req(
+            T,
+            pb::DeleteCustomerRequest {
+                id: child.to_string(),
+                expected_version: None,
+            },
+        ))
+        .await
+        .expect("delete during backfill");
+    server.replicator.flush().await;
+    backfill::set_rate(&stores, "gone", 0.0).await.unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("backfill finishes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.tables[0].1.quarantined, 0, "{summary:?}");
+    let loaded = format!("SELECT count(*) AS n FROM customers WHERE id = '{child}'");
+    assert_eq!(
+        count(&stores, &loaded).await,
+        0,
+        "the deleted child came back"
+    );
+    let parent_loaded = format!("SELECT count(*) AS n FROM customers WHERE id = '{parent}'");
+    assert_eq!(count(&stores, &parent_loaded).await, 1);
+    assert_parity(&stores).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_and_resume_options_are_checked() {
     let server = ModeServer::start(StorageMode::DualDynamodbPrimary).await;

@@ -13,8 +13,13 @@
 //!
 //! Tables load parents first (customers, assets, devices, policies, roles,
 //! assignments, partners). Inside a table, an item whose parent comes later in the scan
-//! is deferred (`backfill_deferred`) and loaded, re-read fresh from DynamoDB, once the
+//! is deferred (`backfill_deferred`, with the item as scanned) and loaded once the
 //! table's scan is complete; what still has no parent then is quarantined as an orphan.
+//! An item removed by dual write since the run started (`replica_tombstones`, written
+//! by every replica delete in PostgreSQL) is skipped, deferred or not, so an item read
+//! before its delete does not come back; one changed since is older than the copy dual
+//! write made, which the versioned upsert keeps (or, if that copy failed, the
+//! divergence log's replay at the end of the run loads it fresh).
 //!
 //! Repair rules (each repaired item is listed in `migration_repairs` with the fields
 //! and rules; verify reports them as repaired, not as mismatches):
@@ -269,6 +274,13 @@ async fn run_locked(
     .bind::<Text, _>(run_id)
     .execute(&mut *conn)
     .await?;
+    // Tombstones matter only to a run that started before them.
+    diesel::sql_query(
+        "DELETE FROM replica_tombstones WHERE deleted_at < coalesce(\
+           (SELECT min(started_at) FROM backfill_runs WHERE finished_at IS NULL), now())",
+    )
+    .execute(&mut *conn)
+    .await?;
     let mut tables = Vec::new();
     for e in &scope.entities {
         tables.push((
@@ -322,6 +334,7 @@ async fn replay_divergences(stores: &Stores, run_id: &str, scope: &Scope) -> any
                     &items,
                     None,
                     false,
+                    true,
                 )
             })
             .await?;
@@ -697,6 +710,7 @@ async fn scan_segment(
                     &page.items,
                     next.as_ref(),
                     false,
+                    false,
                 )
             })
             .await
@@ -749,6 +763,9 @@ struct DeferredRow {
     tenant_id: String,
     #[diesel(sql_type = Text)]
     id: String,
+    /// The item as scanned (DynamoDB JSON); `None` from before it was kept.
+    #[diesel(sql_type = Nullable<Text>)]
+    item: Option<String>,
 }
 
 /// Loads the items deferred while the table was scanned, re-read fresh, in rounds
@@ -846,8 +863,8 @@ struct Slice {
     final_round: bool,
 }
 
-/// Pages through one worker's deferred keys in key order, re-reading each page fresh
-/// from DynamoDB and loading it.
+/// Pages through one worker's deferred keys in key order and loads each page: the
+/// items as they were scanned.
 async fn drain_slice(
     stores: &Stores,
     run_id: &str,
@@ -862,7 +879,7 @@ async fn drain_slice(
         let rows: Vec<DeferredRow> = {
             let mut conn = stores.pg.conn().await?;
             diesel::sql_query(
-                "SELECT tenant_id, id FROM backfill_deferred \
+                "SELECT tenant_id, id, item FROM backfill_deferred \
                  WHERE run_id = $1 AND entity = $2 AND (tenant_id, id) > ($3, $4) \
                    AND (hashtext(id) & 2147483647) % $6 = $7 \
                  ORDER BY tenant_id, id LIMIT $5",
@@ -881,17 +898,31 @@ async fn drain_slice(
             return Ok(());
         };
         after = (last.tenant_id.clone(), last.id.clone());
-        let keys: Vec<(String, String)> = rows
-            .iter()
-            .map(|r| (r.tenant_id.clone(), r.id.clone()))
-            .collect();
-        let items = retry(|| stores.dynamo.batch_get(entity, &keys)).await?;
-        // Deleted from DynamoDB since: nothing to load.
-        let present: HashSet<(String, String)> = items.iter().map(raw_key).collect();
-        let gone: Vec<_> = keys.into_iter().filter(|k| !present.contains(k)).collect();
-        if !gone.is_empty() {
-            let mut conn = stores.pg.conn().await?;
-            undefer(&mut conn, run_id, entity, &gone).await?;
+        // The items as scanned; one deleted since is skipped by its tombstone
+        // (`load_page`), one changed since is older than what dual write copied.
+        // Only an item kept from before (or unreadable) is read from DynamoDB again.
+        let mut items = Vec::with_capacity(rows.len());
+        let mut keys = Vec::new();
+        for r in rows {
+            let kept = r.item.as_deref().and_then(|j| serde_json::from_str(j).ok());
+            match kept
+                .as_ref()
+                .and_then(crate::storage::dynamodb::item_from_json)
+            {
+                Some(item) => items.push(item),
+                None => keys.push((r.tenant_id, r.id)),
+            }
+        }
+        if !keys.is_empty() {
+            let fresh = retry(|| stores.dynamo.batch_get(entity, &keys)).await?;
+            // Deleted from DynamoDB since: nothing to load.
+            let present: HashSet<(String, String)> = fresh.iter().map(raw_key).collect();
+            let gone: Vec<_> = keys.into_iter().filter(|k| !present.contains(k)).collect();
+            if !gone.is_empty() {
+                let mut conn = stores.pg.conn().await?;
+                undefer(&mut conn, run_id, entity, &gone).await?;
+            }
+            items.extend(fresh);
         }
         throttle.acquire(items.len()).await;
         let outcome = retry(|| {
@@ -904,6 +935,7 @@ async fn drain_slice(
                 &items,
                 None,
                 slice.final_round,
+                false,
             )
         })
         .await?;

@@ -17,7 +17,8 @@ pub(super) struct PageOutcome {
 /// Loads one page in one transaction with the checkpoint (or, for the deferred pass,
 /// with the removal of what it resolved). `last` is where the segment's scan now
 /// stands (`None`: finished). In the deferred pass `final_round` quarantines what still
-/// waits for a parent.
+/// waits for a parent. `fresh`: the items were read from DynamoDB after anything
+/// they could race with (the divergence replay), so tombstones do not apply.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn load_page(
     stores: &Stores,
@@ -28,6 +29,7 @@ pub(super) async fn load_page(
     items: &[Item],
     last: Option<&ScanKey>,
     final_round: bool,
+    fresh: bool,
 ) -> StoreResult<PageOutcome> {
     let mut conn = stores.pg.conn().await?;
     let run_id = run_id.to_owned();
@@ -43,10 +45,26 @@ pub(super) async fn load_page(
             }
             keyed.push((key, item));
         }
+        // Removed by dual write since the run started: read before the delete, and
+        // must not come back (resolved, if it was deferred).
+        let removed = match fresh {
+            true => HashSet::new(),
+            false => removed_since_run(conn, &run_id, entity, &keyed).await?,
+        };
+        let mut resolved = Vec::new();
+        if !removed.is_empty() {
+            keyed.retain(|(k, _)| {
+                let gone = removed.contains(&(k.0.clone(), k.1.to_lowercase()));
+                if gone {
+                    resolved.push(k.clone());
+                }
+                !gone
+            });
+            out.skipped += resolved.len() as i64;
+        }
         let prepared = prepare(conn, entity, &keyed).await?;
         let mut ready = Vec::new();
         let mut clean = Vec::new();
-        let mut resolved = Vec::new();
         let mut deferred = Vec::new();
         let mut repairs: HashMap<ledger::LedgerKey, (Vec<String>, Vec<String>)> = HashMap::new();
         for ((key, item), p) in keyed.iter().zip(prepared) {
@@ -69,7 +87,7 @@ pub(super) async fn load_page(
                     if segment != DEFERRED_PASS {
                         out.deferred += 1;
                     }
-                    deferred.push((key.clone(), waits_for));
+                    deferred.push((key.clone(), waits_for, item_json(item).to_string()));
                 }
                 Prepared::Defer { waits_for } => {
                     out.quarantined += 1;
@@ -253,31 +271,72 @@ pub(super) async fn forget_ledger(
     Ok(())
 }
 
+/// Records items waiting for their parent: key, the parent awaited, and the item as
+/// read (DynamoDB JSON), which the deferred pass loads without reading it again.
 pub(super) async fn defer(
     conn: &mut AsyncPgConnection,
     run_id: &str,
     entity: Entity,
-    items: &[(ledger::LedgerKey, String)],
+    items: &[(ledger::LedgerKey, String, String)],
 ) -> StoreResult<()> {
     if items.is_empty() {
         return Ok(());
     }
-    let tenants: Vec<&str> = items.iter().map(|(k, _)| k.0.as_str()).collect();
-    let ids: Vec<&str> = items.iter().map(|(k, _)| k.1.as_str()).collect();
-    let waits: Vec<&str> = items.iter().map(|(_, w)| w.as_str()).collect();
+    let tenants: Vec<&str> = items.iter().map(|(k, _, _)| k.0.as_str()).collect();
+    let ids: Vec<&str> = items.iter().map(|(k, _, _)| k.1.as_str()).collect();
+    let waits: Vec<&str> = items.iter().map(|(_, w, _)| w.as_str()).collect();
+    let json: Vec<&str> = items.iter().map(|(_, _, j)| j.as_str()).collect();
     diesel::sql_query(
-        "INSERT INTO backfill_deferred (run_id, entity, tenant_id, id, waits_for) \
-         SELECT $1, $2, t, i, w FROM unnest($3::text[], $4::text[], $5::text[]) AS k(t, i, w) \
-         ON CONFLICT (run_id, entity, tenant_id, id) DO UPDATE SET waits_for = excluded.waits_for",
+        "INSERT INTO backfill_deferred (run_id, entity, tenant_id, id, waits_for, item) \
+         SELECT $1, $2, t, i, w, j \
+         FROM unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS k(t, i, w, j) \
+         ON CONFLICT (run_id, entity, tenant_id, id) \
+         DO UPDATE SET waits_for = excluded.waits_for, item = excluded.item",
     )
     .bind::<Text, _>(run_id)
     .bind::<Text, _>(entity.as_str())
     .bind::<Array<Text>, _>(&tenants)
     .bind::<Array<Text>, _>(&ids)
     .bind::<Array<Text>, _>(&waits)
+    .bind::<Array<Text>, _>(&json)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The keys of `keyed` (tenant, lowercase id) removed from PostgreSQL as a replica
+/// since run `run_id` started (`replica_tombstones`).
+async fn removed_since_run(
+    conn: &mut AsyncPgConnection,
+    run_id: &str,
+    entity: Entity,
+    keyed: &[(ledger::LedgerKey, &Item)],
+) -> StoreResult<HashSet<(String, String)>> {
+    #[derive(diesel::QueryableByName)]
+    struct Key {
+        #[diesel(sql_type = Text)]
+        tenant_id: String,
+        #[diesel(sql_type = Text)]
+        id: String,
+    }
+    if keyed.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let tenants: Vec<&str> = keyed.iter().map(|(k, _)| k.0.as_str()).collect();
+    let ids: Vec<String> = keyed.iter().map(|(k, _)| k.1.to_lowercase()).collect();
+    let found: Vec<Key> = diesel::sql_query(
+        "SELECT t.tenant_id, t.id FROM replica_tombstones t \
+         JOIN backfill_runs r ON r.run_id = $1 AND t.deleted_at >= r.started_at \
+         WHERE t.entity = $2 AND (t.tenant_id, t.id) IN \
+           (SELECT * FROM unnest($3::text[], $4::text[]))",
+    )
+    .bind::<Text, _>(run_id)
+    .bind::<Text, _>(entity.as_str())
+    .bind::<Array<Text>, _>(&tenants)
+    .bind::<Array<Text>, _>(&ids)
+    .load(conn)
+    .await?;
+    Ok(found.into_iter().map(|k| (k.tenant_id, k.id)).collect())
 }
 
 pub(super) async fn undefer(

@@ -34,7 +34,7 @@ use super::{bad_cursor, check_version, first_free_code};
 
 pub use item::{Item, ItemReader, ItemWriter, from_attr, to_attr};
 pub use replica::{differing_fields, record_item};
-pub use scan::{ScanKey, ScanPage, item_json, record_from_item};
+pub use scan::{ScanKey, ScanPage, item_from_json, item_json, record_from_item};
 pub use tables::{TableNames, create_tables, delete_tables};
 
 /// Connection settings of the DynamoDB backend.

@@ -367,34 +367,14 @@ impl Replica for PgStore {
         .await
     }
 
+    /// Deletes the row and leaves a tombstone (`replica_tombstones`), in one
+    /// transaction, so that a backfill that read the record before the delete does
+    /// not load it again.
     async fn remove(&self, key: &RecordKey) -> StoreResult<()> {
         self.timed("replica.remove", async {
             let mut conn = self.conn().await?;
-            let t = key.tenant.as_str();
-            macro_rules! delete {
-                ($table:ident) => {
-                    diesel::delete(
-                        $table::table
-                            .filter($table::tenant_id.eq(t))
-                            .filter($table::id.eq(key.id)),
-                    )
-                    .execute(&mut conn)
-                    .await?
-                };
-            }
-            match key.entity {
-                Entity::Customer => delete!(customers),
-                Entity::Asset => delete!(assets),
-                Entity::Device => delete!(devices),
-                Entity::Policy => delete!(policies),
-                Entity::Role => delete!(roles),
-                Entity::Assignment => delete!(role_assignments),
-                Entity::Partner => {
-                    use super::schema::partners;
-                    delete!(partners)
-                }
-            };
-            Ok(())
+            conn.transaction(async |conn| remove_with_tombstone(conn, key).await)
+                .await
         })
         .await
     }
@@ -567,4 +547,42 @@ impl Outbox for PgStore {
             })
             .collect())
     }
+}
+
+/// [`Replica::remove`]'s delete and tombstone.
+async fn remove_with_tombstone(conn: &mut AsyncPgConnection, key: &RecordKey) -> StoreResult<()> {
+    let t = key.tenant.as_str();
+    macro_rules! delete {
+        ($table:ident) => {
+            diesel::delete(
+                $table::table
+                    .filter($table::tenant_id.eq(t))
+                    .filter($table::id.eq(key.id)),
+            )
+            .execute(&mut *conn)
+            .await?
+        };
+    }
+    match key.entity {
+        Entity::Customer => delete!(customers),
+        Entity::Asset => delete!(assets),
+        Entity::Device => delete!(devices),
+        Entity::Policy => delete!(policies),
+        Entity::Role => delete!(roles),
+        Entity::Assignment => delete!(role_assignments),
+        Entity::Partner => {
+            use super::schema::partners;
+            delete!(partners)
+        }
+    };
+    diesel::sql_query(
+        "INSERT INTO replica_tombstones (entity, tenant_id, id) VALUES ($1, $2, $3) \
+         ON CONFLICT (entity, tenant_id, id) DO UPDATE SET deleted_at = now()",
+    )
+    .bind::<diesel::sql_types::Text, _>(key.entity.as_str())
+    .bind::<diesel::sql_types::Text, _>(t)
+    .bind::<diesel::sql_types::Text, _>(key.id.to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -1,0 +1,2 @@
+DROP TABLE replica_tombstones;
+ALTER TABLE backfill_deferred DROP COLUMN item;
