@@ -33,7 +33,11 @@ for size in $SIZES; do
   echo "== $size legacy items (dynalite at $DYNAMODB_ENDPOINT, stage $GCDR_STAGE)"
   $LOAD seed-legacy --items "$size"
   $LOAD scan-legacy --segments "$SEGMENTS" --page-size "$PAGE"
-  $LOAD pg-upsert --rows "$size"
+  # In a scratch database: the raw runs' deleted rows must not slow the backfill's
+  # tables (dead tuples, autovacuum running during the backfill).
+  psql_ -c "DROP DATABASE IF EXISTS ${DB}_raw" -c "CREATE DATABASE ${DB}_raw"
+  $LOAD pg-upsert --rows "$size" --database-url "postgres://postgres@127.0.0.1:5432/${DB}_raw"
+  psql_ -c "DROP DATABASE ${DB}_raw"
   /usr/bin/time -f "backfill peak RSS: %M KB, wall %e s" \
     $BIN backfill run --segments "$SEGMENTS" --page-size "$PAGE" --progress lines --progress-interval 5
   $BIN verify --segments "$SEGMENTS" | tail -1

@@ -260,6 +260,9 @@ pub async fn pg_upsert(url: &str, rows: u64, batch: u64) -> anyhow::Result<()> {
     let t = "bench-pg-raw";
 
     conn.batch_execute(clear).await?;
+    // Each measurement starts on tables without the dead rows of the one before.
+    let vacuum = "VACUUM (ANALYZE) customers, assets, devices";
+    conn.batch_execute(vacuum).await?;
     let roots: Vec<String> = (0..rows)
         .map(|g| {
             let id = Uuid::new_v4();
@@ -282,6 +285,7 @@ pub async fn pg_upsert(url: &str, rows: u64, batch: u64) -> anyhow::Result<()> {
     );
 
     conn.batch_execute(clear).await?;
+    conn.batch_execute(vacuum).await?;
     let (customers, assets, devices) = mix(t, rows, ts);
     let started = Instant::now();
     upsert_all(&mut conn, CUSTOMERS, &customers, batch).await?;
@@ -297,6 +301,7 @@ pub async fn pg_upsert(url: &str, rows: u64, batch: u64) -> anyhow::Result<()> {
         devices.len()
     );
     conn.batch_execute(clear).await?;
+    conn.batch_execute(vacuum).await?;
     Ok(())
 }
 
