@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -321,6 +321,7 @@ async fn replay_divergences(stores: &Stores, run_id: &str, scope: &Scope) -> any
                 .iter()
                 .map(|d| (d.key.tenant.as_str().to_owned(), d.key.id.to_string()))
                 .collect();
+            let read_at = pg_now(stores).await?;
             let items = retry(|| stores.dynamo.batch_get(*entity, &keys)).await?;
             let present: HashSet<(String, String)> = items.iter().map(raw_key).collect();
             // Not final: a child whose new parent is in a later chunk waits for it.
@@ -334,7 +335,7 @@ async fn replay_divergences(stores: &Stores, run_id: &str, scope: &Scope) -> any
                     &items,
                     None,
                     false,
-                    true,
+                    Some(read_at),
                 )
             })
             .await?;
@@ -710,7 +711,7 @@ async fn scan_segment(
                     &page.items,
                     next.as_ref(),
                     false,
-                    false,
+                    None,
                 )
             })
             .await
@@ -935,7 +936,7 @@ async fn drain_slice(
                 &items,
                 None,
                 slice.final_round,
-                false,
+                None,
             )
         })
         .await?;
@@ -944,6 +945,20 @@ async fn drain_slice(
         live.quarantined
             .fetch_add(outcome.quarantined, Ordering::Relaxed);
     }
+}
+
+/// PostgreSQL's clock, the one tombstones are stamped with.
+async fn pg_now(stores: &Stores) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    #[derive(diesel::QueryableByName)]
+    struct Now {
+        #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+        now: chrono::DateTime<chrono::Utc>,
+    }
+    let mut conn = stores.pg.conn().await?;
+    let n: Now = diesel::sql_query("SELECT now()")
+        .get_result(&mut *conn)
+        .await?;
+    Ok(n.now)
 }
 
 async fn deferred_count(stores: &Stores, run_id: &str, entity: Entity) -> anyhow::Result<i64> {

@@ -17,8 +17,8 @@ pub(super) struct PageOutcome {
 /// Loads one page in one transaction with the checkpoint (or, for the deferred pass,
 /// with the removal of what it resolved). `last` is where the segment's scan now
 /// stands (`None`: finished). In the deferred pass `final_round` quarantines what still
-/// waits for a parent. `fresh`: the items were read from DynamoDB after anything
-/// they could race with (the divergence replay), so tombstones do not apply.
+/// waits for a parent. `read_at`: when the items were read from DynamoDB, if after
+/// the run started (the divergence replay); a delete since then skips the item.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn load_page(
     stores: &Stores,
@@ -29,7 +29,7 @@ pub(super) async fn load_page(
     items: &[Item],
     last: Option<&ScanKey>,
     final_round: bool,
-    fresh: bool,
+    read_at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> StoreResult<PageOutcome> {
     let mut conn = stores.pg.conn().await?;
     let run_id = run_id.to_owned();
@@ -45,16 +45,19 @@ pub(super) async fn load_page(
             }
             keyed.push((key, item));
         }
-        // Removed by dual write since the run started: read before the delete, and
-        // must not come back (resolved, if it was deferred).
-        let removed = match fresh {
-            true => HashSet::new(),
-            false => removed_since_run(conn, &run_id, entity, &keyed).await?,
-        };
+        // Removed by dual write since the run started (or since `read_at`): read
+        // before the delete, and must not come back (resolved, if it was deferred).
+        // The shared lock makes a concurrent remove wait for this page's commit, so
+        // its DELETE sees what the page wrote (replica.rs).
+        diesel::sql_query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
+            .bind::<Text, _>(crate::storage::postgres::removal_lock(entity))
+            .execute(&mut *conn)
+            .await?;
+        let removed = removed_since(conn, &run_id, read_at, entity, &keyed).await?;
         let mut resolved = Vec::new();
         if !removed.is_empty() {
             keyed.retain(|(k, _)| {
-                let gone = removed.contains(&(k.0.clone(), k.1.to_lowercase()));
+                let gone = removed.contains(&(k.0.clone(), tombstone_id(&k.1)));
                 if gone {
                     resolved.push(k.clone());
                 }
@@ -304,11 +307,20 @@ pub(super) async fn defer(
     Ok(())
 }
 
-/// The keys of `keyed` (tenant, lowercase id) removed from PostgreSQL as a replica
-/// since run `run_id` started (`replica_tombstones`).
-async fn removed_since_run(
+/// A raw id as tombstones hold it: a UUID in its hyphenated lowercase form (legacy
+/// may hold other forms the records parse), anything else lowercased.
+pub(super) fn tombstone_id(raw: &str) -> String {
+    Uuid::parse_str(raw)
+        .map(|u| u.hyphenated().to_string())
+        .unwrap_or_else(|_| raw.to_lowercase())
+}
+
+/// The keys of `keyed` (tenant, [`tombstone_id`]) removed from PostgreSQL as a
+/// replica since `read_at`, or else since run `run_id` started (`replica_tombstones`).
+async fn removed_since(
     conn: &mut AsyncPgConnection,
     run_id: &str,
+    read_at: Option<chrono::DateTime<chrono::Utc>>,
     entity: Entity,
     keyed: &[(ledger::LedgerKey, &Item)],
 ) -> StoreResult<HashSet<(String, String)>> {
@@ -323,10 +335,10 @@ async fn removed_since_run(
         return Ok(HashSet::new());
     }
     let tenants: Vec<&str> = keyed.iter().map(|(k, _)| k.0.as_str()).collect();
-    let ids: Vec<String> = keyed.iter().map(|(k, _)| k.1.to_lowercase()).collect();
+    let ids: Vec<String> = keyed.iter().map(|(k, _)| tombstone_id(&k.1)).collect();
     let found: Vec<Key> = diesel::sql_query(
         "SELECT t.tenant_id, t.id FROM replica_tombstones t \
-         JOIN backfill_runs r ON r.run_id = $1 AND t.deleted_at >= r.started_at \
+         JOIN backfill_runs r ON r.run_id = $1 AND t.deleted_at >= coalesce($5, r.started_at) \
          WHERE t.entity = $2 AND (t.tenant_id, t.id) IN \
            (SELECT * FROM unnest($3::text[], $4::text[]))",
     )
@@ -334,6 +346,7 @@ async fn removed_since_run(
     .bind::<Text, _>(entity.as_str())
     .bind::<Array<Text>, _>(&tenants)
     .bind::<Array<Text>, _>(&ids)
+    .bind::<Nullable<Timestamptz>, _>(read_at)
     .load(conn)
     .await?;
     Ok(found.into_iter().map(|k| (k.tenant_id, k.id)).collect())

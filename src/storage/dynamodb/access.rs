@@ -379,6 +379,10 @@ impl DynamoStore {
     }
 }
 
+/// The pause before retrying a write whose mark on a role or policy failed: long
+/// enough, over the attempts, for gsi-key to stop showing one just deleted.
+const INDEX_CATCH_UP: std::time::Duration = std::time::Duration::from_millis(250);
+
 fn assignment_exists() -> StoreError {
     StoreError::AlreadyExists {
         reason: "ASSIGNMENT_EXISTS",
@@ -650,6 +654,16 @@ impl DynamoStore {
                     touches.push(touch_item(table, tenant.as_str(), &id, &[("key", s(k))])?);
                 }
             }
+        }
+        // One TransactWriteItems carries the role, its key claim and these marks.
+        if touches.len() > super::TRANSACTION_LIMIT - 2 {
+            return Err(StoreError::InvalidArgument {
+                field: "role.policy_keys",
+                message: format!(
+                    "on DynamoDB a role names at most {} policies",
+                    super::TRANSACTION_LIMIT - 2
+                ),
+            });
         }
         if missing.is_empty() {
             return Ok(touches);
@@ -940,6 +954,8 @@ impl RoleStore for DynamoStore {
                 {
                     return Ok(role);
                 }
+                // A policy just deleted may still show in gsi-key: let it catch up.
+                tokio::time::sleep(INDEX_CATCH_UP).await;
             }
             Err(keeps_changing("policy"))
         })
@@ -1010,8 +1026,12 @@ impl RoleStore for DynamoStore {
                 r.updated_by = Some(ctx.actor.as_str().to_owned());
                 let w = role_overwrite(&r, Expect::Version(read_version))?;
                 items.insert(0, w.transact_item(&self.tables.roles)?);
-                if self.transact_once(items).await?.is_none() {
-                    return Ok(r);
+                match self.transact_once(items).await? {
+                    None => return Ok(r),
+                    // The role changed: read it again.
+                    Some(0) => {}
+                    // A policy just deleted may still show in gsi-key: let it catch up.
+                    Some(_) => tokio::time::sleep(INDEX_CATCH_UP).await,
                 }
             }
             Err(keeps_changing("role"))
@@ -1191,6 +1211,8 @@ impl AssignmentStore for DynamoStore {
                 {
                     return Ok(a);
                 }
+                // A role just deleted may still show in gsi-key: let it catch up.
+                tokio::time::sleep(INDEX_CATCH_UP).await;
             }
             Err(keeps_changing("role"))
         })

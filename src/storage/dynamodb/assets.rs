@@ -20,7 +20,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
-use super::dependents::{Mark, touch_item, unsettled};
+use super::dependents::{MOVE_READS, Mark, touch_item, unsettled};
 use super::{
     Claim, DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, cancellation_codes,
     n, s, sdk_error,
@@ -194,12 +194,7 @@ impl DynamoStore {
         &self,
         items: Vec<TransactWriteItem>,
     ) -> StoreResult<Option<usize>> {
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await;
+        let result = self.transact_write(items).await;
         match result {
             Ok(_) => Ok(None),
             Err(e) => match cancellation_codes(&e) {
@@ -855,7 +850,7 @@ impl AssetStore for DynamoStore {
         self.timed("assets.move", async {
             let table = &self.tables.assets;
             let (t, sid) = (ctx.tenant.as_str(), id.to_string());
-            for attempt in 0..2 {
+            for attempt in 0..MOVE_READS {
                 let item = self.get_item(table, t, &sid).await?.ok_or(NOT_FOUND)?;
                 let (mut node, node_mark) = (from_item(&item)?, Mark::of(&item));
                 check_version(expected, node.version)?;
@@ -897,7 +892,10 @@ impl AssetStore for DynamoStore {
                 // gsi-path / gsi-asset yet: wait for it and read again (dependents.rs). One
                 // added later changes its parent's mark, which the writes are conditioned on.
                 let marks = std::iter::once(&node_mark).chain(descendants.iter().map(|d| &d.1));
-                if let (0, Some(wait)) = (attempt, unsettled(marks)) {
+                if let Some(wait) = unsettled(marks) {
+                    if attempt + 1 == MOVE_READS {
+                        break;
+                    }
                     tokio::time::sleep(wait).await;
                     continue;
                 }
@@ -1001,7 +999,7 @@ impl AssetStore for DynamoStore {
                 self.transact_chunks(writes).await?;
                 return Ok(node);
             }
-            Err(keeps_changing("asset"))
+            Err(super::dependents::still_gaining())
         })
         .await
     }

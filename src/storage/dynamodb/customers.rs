@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::dependents::{Mark, touch_item, unsettled};
+use super::dependents::{MOVE_READS, Mark, touch_item, unsettled};
 use super::{Claim, DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, s};
 use super::{bad_cursor, check_version, first_free_code};
 use crate::domain::customer::{
@@ -601,7 +601,7 @@ impl CustomerStore for DynamoStore {
         self.timed("customers.move", async {
             let table = &self.tables.customers;
             let (t, sid) = (ctx.tenant.as_str(), id.to_string());
-            for attempt in 0..2 {
+            for attempt in 0..MOVE_READS {
                 let item = self.get_item(table, t, &sid).await?.ok_or(NOT_FOUND)?;
                 let (mut node, node_mark) = (from_item(&item)?, Mark::of(&item));
                 check_version(expected, node.version)?;
@@ -644,7 +644,10 @@ impl CustomerStore for DynamoStore {
                 // wait for it and read again (dependents.rs). One added later changes
                 // its parent's mark, which every write below is conditioned on.
                 let marks = std::iter::once(&node_mark).chain(descendants.iter().map(|d| &d.1));
-                if let (0, Some(wait)) = (attempt, unsettled(marks)) {
+                if let Some(wait) = unsettled(marks) {
+                    if attempt + 1 == MOVE_READS {
+                        break;
+                    }
                     tokio::time::sleep(wait).await;
                     continue;
                 }
@@ -676,9 +679,7 @@ impl CustomerStore for DynamoStore {
                 self.transact_chunks(writes).await?;
                 return Ok(node);
             }
-            Err(StoreError::Unavailable(
-                "the customer keeps gaining children; retry".into(),
-            ))
+            Err(super::dependents::still_gaining())
         })
         .await
     }

@@ -37,6 +37,18 @@ pub const DEPENDENTS_MARK: &str = "gcdrDependentsMark";
 /// fraction of a second" under normal conditions.
 pub const INDEX_SETTLE: Duration = Duration::from_secs(1);
 
+/// How many times a move reads its subtree while a mark in it is fresh (waiting out the
+/// index lag in between) before it gives up.
+pub const MOVE_READS: usize = 3;
+
+/// A move whose subtree kept gaining dependents while it waited for the index.
+pub(super) fn still_gaining() -> StoreError {
+    StoreError::FailedPrecondition {
+        reason: "CONCURRENT_HIERARCHY_CHANGE",
+        message: "the subtree keeps gaining children or devices; retry".into(),
+    }
+}
+
 /// A transaction item that holds only if item `id` of `table` exists and each of
 /// `attrs` still has the given value, and that marks the item as having just gained
 /// a dependent.

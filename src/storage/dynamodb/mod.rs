@@ -515,12 +515,7 @@ impl DynamoStore {
         &self,
         items: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
     ) -> StoreResult<Option<Vec<String>>> {
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await;
+        let result = self.transact_write(items).await;
         match result {
             Ok(_) => Ok(None),
             Err(e) => match cancellation_codes(&e) {
@@ -532,6 +527,43 @@ impl DynamoStore {
                 )),
                 None => Err(sdk_error(e)),
             },
+        }
+    }
+}
+
+impl DynamoStore {
+    /// One TransactWriteItems, sent again (up to 3 more times, after a short random
+    /// pause) while it is cancelled only by a conflicting transaction on one of its
+    /// items: concurrent writes under one parent all mark that parent.
+    async fn transact_write(
+        &self,
+        items: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
+    ) -> Result<
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput,
+        SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError>,
+    > {
+        let mut attempt = 0u64;
+        loop {
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            let conflict = result
+                .as_ref()
+                .err()
+                .and_then(cancellation_codes)
+                .is_some_and(|c| {
+                    c.iter().any(|c| c == "TransactionConflict")
+                        && c.iter().all(|c| c == "TransactionConflict" || c == "None")
+                });
+            if !conflict || attempt == 3 {
+                return result;
+            }
+            attempt += 1;
+            let pause = 10 * attempt + rand::random::<u64>() % (20 * attempt);
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
         }
     }
 }

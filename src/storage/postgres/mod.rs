@@ -34,7 +34,7 @@ use super::{bad_cursor, check_version, first_free_code};
 
 pub use hierarchy::customer_descendants_sql;
 pub use modes::GLOBAL;
-pub use replica::{upsert_record, upsert_records};
+pub use replica::{removal_lock, upsert_record, upsert_records};
 pub use tls::{TlsSettings, establish};
 
 /// The schema migrations, embedded in the binary.

@@ -549,8 +549,19 @@ impl Outbox for PgStore {
     }
 }
 
+/// The advisory lock (hashed) that a backfill page load holds shared and a replica
+/// remove exclusively, so a remove waits for the pages in flight: its DELETE then sees
+/// what they wrote, and pages after it see its tombstone.
+pub fn removal_lock(entity: Entity) -> String {
+    format!("gcdr.replica_remove.{}", entity.as_str())
+}
+
 /// [`Replica::remove`]'s delete and tombstone.
 async fn remove_with_tombstone(conn: &mut AsyncPgConnection, key: &RecordKey) -> StoreResult<()> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind::<diesel::sql_types::Text, _>(removal_lock(key.entity))
+        .execute(&mut *conn)
+        .await?;
     let t = key.tenant.as_str();
     macro_rules! delete {
         ($table:ident) => {
