@@ -1372,6 +1372,26 @@ impl Outcomes {
     }
 }
 
+/// Creates an asset with `code` in `customer_id`, under `parent` when given.
+async fn new_asset(
+    s: &ModeServer,
+    tenant: &str,
+    customer_id: String,
+    parent: Option<String>,
+    code: String,
+) -> pb::Asset {
+    let a = pb::Asset {
+        customer_id,
+        parent_asset_id: parent,
+        name: "A".into(),
+        code: Some(code),
+        r#type: pb::AssetType::Building as i32,
+        ..Default::default()
+    };
+    let request = req(tenant, pb::CreateAssetRequest { asset: Some(a) });
+    s.assets().create_asset(request).await.unwrap().into_inner()
+}
+
 /// Creates a customer with a unique code (generated codes of concurrent creates would
 /// contend), under `parent` when given.
 async fn new_customer(
@@ -1553,21 +1573,7 @@ async fn dynamodb_a_dependent_added_during_a_move_follows_the_subtree() {
     let s = &ModeServer::start(StorageMode::Dynamodb).await;
     let t = "tenant-a";
     let customer = |parent| new_customer(s, t, parent);
-    let asset = |customer_id: String, parent: Option<String>, code: String| {
-        let mut assets = s.assets();
-        async move {
-            let a = pb::Asset {
-                customer_id,
-                parent_asset_id: parent,
-                name: "A".into(),
-                code: Some(code),
-                r#type: pb::AssetType::Building as i32,
-                ..Default::default()
-            };
-            let made = assets.create_asset(req(t, pb::CreateAssetRequest { asset: Some(a) }));
-            made.await.unwrap().into_inner()
-        }
-    };
+    let asset = |customer_id, parent, code| new_asset(s, t, customer_id, parent, code);
     let moved_ok = |moved: Result<(), tonic::Status>, what: &str| match moved {
         Ok(()) => 1,
         Err(e) => {
@@ -1671,4 +1677,109 @@ async fn dynamodb_a_dependent_added_during_a_move_follows_the_subtree() {
     );
     assert_eq!(customers.1, 0, "child customers left with a stale path");
     assert_eq!(assets.1, 0, "devices left with their asset's old customer");
+}
+
+/// DynamoDB authoritative: a subtree larger than one TransactWriteItems (100 items)
+/// moves whole, in chunks, each chunk checking (and marking) the destination. A
+/// customer with 105 children moves under another root; a building with 102 rooms
+/// moves to another customer, rooms and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_subtree_larger_than_one_transaction_moves_whole() {
+    use futures::StreamExt;
+    const CHILDREN: usize = 105;
+    const ROOMS: usize = 102;
+    let s = &ModeServer::start(StorageMode::Dynamodb).await;
+    let t = "tenant-a";
+    let (r1, r2) = (
+        new_customer(s, t, None).await.unwrap(),
+        new_customer(s, t, None).await.unwrap(),
+    );
+    let p = new_customer(s, t, Some(r1.id.clone())).await.unwrap();
+    futures::stream::iter(0..CHILDREN)
+        .map(|_| new_customer(s, t, Some(p.id.clone())))
+        .buffer_unordered(8)
+        .for_each(|c| async move {
+            c.expect("child");
+        })
+        .await;
+    let moved = s
+        .customers()
+        .move_customer(req(
+            t,
+            pb::MoveCustomerRequest {
+                id: p.id.clone(),
+                destination: Some(pb::move_customer_request::Destination::NewParentCustomerId(
+                    r2.id.clone(),
+                )),
+                expected_version: None,
+            },
+        ))
+        .await
+        .expect("a large subtree moves")
+        .into_inner();
+    assert_eq!(moved.path, format!("{}/{}", r2.path, p.id));
+    let below = s
+        .customers()
+        .list_customer_descendants(req(
+            t,
+            pb::ListCustomerDescendantsRequest {
+                id: p.id.clone(),
+                max_depth: None,
+                page_size: 1000,
+                page_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .customers;
+    assert_eq!(below.len(), CHILDREN);
+    for c in &below {
+        assert_eq!(
+            c.path,
+            format!("{}/{}", moved.path, c.id),
+            "stale child path"
+        );
+        assert_eq!(c.depth, moved.depth + 1);
+    }
+
+    let asset = |parent, code| new_asset(s, t, r1.id.clone(), parent, code);
+    let building = asset(None, "B".into()).await;
+    futures::stream::iter(0..ROOMS)
+        .map(|i| asset(Some(building.id.clone()), format!("R-{i}")))
+        .buffer_unordered(8)
+        .for_each(|_| async {})
+        .await;
+    s.assets()
+        .move_asset(req(
+            t,
+            pb::MoveAssetRequest {
+                id: building.id.clone(),
+                destination: Some(pb::move_asset_request::Destination::ToRoot(true)),
+                new_customer_id: Some(r2.id.clone()),
+                expected_version: None,
+            },
+        ))
+        .await
+        .expect("a large asset subtree moves to another customer");
+    let rooms = s
+        .assets()
+        .list_asset_descendants(req(
+            t,
+            pb::ListAssetDescendantsRequest {
+                id: building.id.clone(),
+                max_depth: None,
+                page_size: 1000,
+                page_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .assets;
+    assert_eq!(rooms.len(), ROOMS);
+    assert!(
+        rooms.iter().all(|r| r.customer_id == r2.id),
+        "a room kept the old customer"
+    );
 }

@@ -976,16 +976,17 @@ impl AssetStore for DynamoStore {
                     writes.push(w.transact_item(table)?);
                 }
                 writes.extend(device_writes(node_devices)?);
-                // The destination check and the node go last, in the final chunk.
-                match &parent {
-                    Some(p) => writes.push(asset_check(table, p)?),
-                    None => writes.push(touch_item(
+                // The node goes last, in the final chunk. The destination check (and
+                // mark) is in every chunk: each moves assets under it.
+                let destination = match &parent {
+                    Some(p) => asset_check(table, p)?,
+                    None => touch_item(
                         &self.tables.customers,
                         ctx.tenant.as_str(),
                         &customer.to_string(),
                         &[],
-                    )?),
-                }
+                    )?,
+                };
                 let read_version = node.version;
                 node.customer_id = customer;
                 node.parent_id = parent.as_ref().map(|p| p.id);
@@ -996,7 +997,7 @@ impl AssetStore for DynamoStore {
                 node.updated_by = Some(actor);
                 let w = node_mark.guard(overwrite(&node, Expect::Version(read_version))?);
                 writes.push(w.transact_item(table)?);
-                self.transact_chunks(writes).await?;
+                self.transact_chunks(writes, Some(destination)).await?;
                 return Ok(node);
             }
             Err(super::dependents::still_gaining())

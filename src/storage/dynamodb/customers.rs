@@ -586,8 +586,8 @@ impl CustomerStore for DynamoStore {
 
     /// A move on DynamoDB is not one transaction: the descendants are rewritten first,
     /// in path order and in TransactWriteItems of at most 100 (each conditional on the
-    /// version read), then the node itself together with a check that the new
-    /// parent's path has not changed (so no cycle can form). A subtree of up to 99
+    /// version read and each with a check that the new parent's path has not changed,
+    /// so no cycle can form), the node itself in the last. A subtree of up to 98
     /// descendants therefore moves atomically; a larger one that fails part-way
     /// (PARTIAL_MOVE) has some descendants under the new path while the node is still
     /// in place, and retrying the same move finishes it.
@@ -670,13 +670,15 @@ impl CustomerStore for DynamoStore {
                 node.version += 1;
                 node.updated_at = now;
                 node.updated_by = Some(ctx.actor.as_str().to_owned());
-                // The node and the parent check go last, in the final chunk.
-                if let Some(p) = &parent {
-                    writes.push(parent_touch(table, p)?);
-                }
+                // The node goes last, in the final chunk; the parent check (and mark)
+                // in every chunk.
                 let w = node_mark.guard(overwrite(&node, Expect::Version(read_version))?);
                 writes.push(w.transact_item(table)?);
-                self.transact_chunks(writes).await?;
+                let check = parent
+                    .as_ref()
+                    .map(|p| parent_touch(table, p))
+                    .transpose()?;
+                self.transact_chunks(writes, check).await?;
                 return Ok(node);
             }
             Err(super::dependents::still_gaining())

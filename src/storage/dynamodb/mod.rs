@@ -747,28 +747,27 @@ impl DynamoStore {
     }
 
     /// Runs writes in TransactWriteItems of at most 100, in order, the final chunk
-    /// full (so the last writes, e.g. a moved node, commit together with the 99
-    /// before them). Each chunk is atomic; the sequence is not.
+    /// full (so the last writes, e.g. a moved node, commit together with the ones
+    /// before them), with `each` (a check or mark on the destination) in every chunk.
+    /// Each chunk is atomic; the sequence is not.
     async fn transact_chunks(
         &self,
         items: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
+        each: Option<aws_sdk_dynamodb::types::TransactWriteItem>,
     ) -> StoreResult<()> {
-        let first_len = match items.len() % TRANSACTION_LIMIT {
-            0 => TRANSACTION_LIMIT,
+        let limit = TRANSACTION_LIMIT - usize::from(each.is_some());
+        let first_len = match items.len() % limit {
+            0 => limit,
             r => r,
         };
         let mut items = items.into_iter().peekable();
         let mut first = true;
         let mut take = first_len;
         while items.peek().is_some() {
-            let chunk: Vec<_> = items.by_ref().take(take).collect();
-            take = TRANSACTION_LIMIT;
-            let result = self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(chunk))
-                .send()
-                .await;
+            let mut chunk: Vec<_> = items.by_ref().take(take).collect();
+            chunk.extend(each.clone());
+            take = limit;
+            let result = self.transact_write(chunk).await;
             match result {
                 Ok(_) => first = false,
                 Err(e) => {
