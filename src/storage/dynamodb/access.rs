@@ -372,7 +372,12 @@ impl DynamoStore {
                 Some(1) if self.claim_taken(claim).await? => return Err(taken()),
                 // A stale claim, dropped: again.
                 Some(1) => {}
-                Some(_) => return Ok(false),
+                // A role or policy just deleted may still show in gsi-key, where the
+                // mark was found: let the index catch up before the caller reads again.
+                Some(_) => {
+                    tokio::time::sleep(INDEX_CATCH_UP).await;
+                    return Ok(false);
+                }
             }
         }
         Err(keeps_changing("key claim"))
@@ -628,6 +633,26 @@ impl DynamoStore {
             }))
     }
 
+    /// The marks (dependents.rs) on every item of `table` (roles or policies) holding
+    /// `key` (legacy may hold duplicates), each conditioned on still holding it, with
+    /// the ids marked; none when no item holds it.
+    async fn touch_key_holders(
+        &self,
+        (what, table): (&'static str, &str),
+        tenant: &TenantId,
+        key: &str,
+    ) -> StoreResult<Vec<(String, TransactWriteItem)>> {
+        let items = self.items_with_access_key(table, tenant, key).await?;
+        items
+            .iter()
+            .map(|item| {
+                let id = ItemReader::new(what, item).s("id")?;
+                let touch = touch_item(table, tenant.as_str(), &id, &[("key", s(key))])?;
+                Ok((id, touch))
+            })
+            .collect()
+    }
+
     /// The marks (dependents.rs) that a role now names the policies of `keys`, one on
     /// each item holding one of them (legacy may hold duplicates); `InvalidArgument`
     /// naming every key without a policy (as PostgreSQL's check).
@@ -639,19 +664,18 @@ impl DynamoStore {
         let table = &self.tables.policies;
         let found = futures::future::join_all(
             keys.iter()
-                .map(|k| self.items_with_access_key(table, tenant, k)),
+                .map(|k| self.touch_key_holders(("policies", table), tenant, k)),
         )
         .await;
         let (mut missing, mut touches, mut seen) = (Vec::new(), Vec::new(), HashSet::new());
-        for (k, items) in keys.iter().zip(found) {
-            let items = items?;
-            if items.is_empty() {
+        for (k, holders) in keys.iter().zip(found) {
+            let holders = holders?;
+            if holders.is_empty() {
                 missing.push(k.as_str());
             }
-            for item in &items {
-                let id = ItemReader::new("policies", item).s("id")?;
-                if seen.insert(id.clone()) {
-                    touches.push(touch_item(table, tenant.as_str(), &id, &[("key", s(k))])?);
+            for (id, touch) in holders {
+                if seen.insert(id) {
+                    touches.push(touch);
                 }
             }
         }
@@ -954,8 +978,6 @@ impl RoleStore for DynamoStore {
                 {
                     return Ok(role);
                 }
-                // A policy just deleted may still show in gsi-key: let it catch up.
-                tokio::time::sleep(INDEX_CATCH_UP).await;
             }
             Err(keeps_changing("policy"))
         })
@@ -1142,22 +1164,16 @@ impl AssignmentStore for DynamoStore {
     async fn assign(&self, ctx: &Ctx, new: NewAssignment) -> StoreResult<RoleAssignment> {
         self.timed("assignments.assign", async {
             let table = &self.tables.role_assignments;
-            let t = ctx.tenant.as_str();
             for _ in 0..ATTEMPTS {
                 // The role is marked as assigned (dependents.rs) in the put's
                 // transaction: every item holding the key (legacy may hold duplicates).
                 let roles = self
-                    .items_with_access_key(&self.tables.roles, &ctx.tenant, &new.role_key)
+                    .touch_key_holders(("roles", &self.tables.roles), &ctx.tenant, &new.role_key)
                     .await?;
                 if roles.is_empty() {
                     return Err(ROLE_NOT_FOUND);
                 }
-                let mut touches = Vec::with_capacity(roles.len());
-                for item in &roles {
-                    let id = ItemReader::new("roles", item).s("id")?;
-                    let held = [("key", s(&new.role_key))];
-                    touches.push(touch_item(&self.tables.roles, t, &id, &held)?);
-                }
+                let touches = roles.into_iter().map(|(_, touch)| touch).collect();
                 let now = super::item::now();
                 let same = self
                     .user_assignments(
@@ -1211,8 +1227,6 @@ impl AssignmentStore for DynamoStore {
                 {
                     return Ok(a);
                 }
-                // A role just deleted may still show in gsi-key: let it catch up.
-                tokio::time::sleep(INDEX_CATCH_UP).await;
             }
             Err(keeps_changing("role"))
         })

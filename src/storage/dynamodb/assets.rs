@@ -20,7 +20,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
-use super::dependents::{MOVE_READS, Mark, touch_item, unsettled};
+use super::dependents::{MOVE_READS, Mark, settled, touch_item};
 use super::{
     Claim, DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, cancellation_codes,
     n, s, sdk_error,
@@ -892,11 +892,7 @@ impl AssetStore for DynamoStore {
                 // gsi-path / gsi-asset yet: wait for it and read again (dependents.rs). One
                 // added later changes its parent's mark, which the writes are conditioned on.
                 let marks = std::iter::once(&node_mark).chain(descendants.iter().map(|d| &d.1));
-                if let Some(wait) = unsettled(marks) {
-                    if attempt + 1 == MOVE_READS {
-                        break;
-                    }
-                    tokio::time::sleep(wait).await;
+                if !settled(attempt, marks).await? {
                     continue;
                 }
                 // Codes are unique per customer: a move into a customer that already has

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::dependents::{MOVE_READS, Mark, touch_item, unsettled};
+use super::dependents::{MOVE_READS, Mark, settled, touch_item};
 use super::{Claim, DynamoStore, Expect, Item, ItemReader, ItemWriter, Overwrite, Query, s};
 use super::{bad_cursor, check_version, first_free_code};
 use crate::domain::customer::{
@@ -644,11 +644,7 @@ impl CustomerStore for DynamoStore {
                 // wait for it and read again (dependents.rs). One added later changes
                 // its parent's mark, which every write below is conditioned on.
                 let marks = std::iter::once(&node_mark).chain(descendants.iter().map(|d| &d.1));
-                if let Some(wait) = unsettled(marks) {
-                    if attempt + 1 == MOVE_READS {
-                        break;
-                    }
-                    tokio::time::sleep(wait).await;
+                if !settled(attempt, marks).await? {
                     continue;
                 }
                 let delta = new_depth - node.depth;

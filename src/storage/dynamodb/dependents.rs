@@ -39,7 +39,7 @@ pub const INDEX_SETTLE: Duration = Duration::from_secs(1);
 
 /// How many times a move reads its subtree while a mark in it is fresh (waiting out the
 /// index lag in between) before it gives up.
-pub const MOVE_READS: usize = 3;
+pub(super) const MOVE_READS: usize = 3;
 
 /// A move whose subtree kept gaining dependents while it waited for the index.
 pub(super) fn still_gaining() -> StoreError {
@@ -163,9 +163,21 @@ impl Mark {
     }
 }
 
-/// The longest any of `marks` needs for its dependents to show in the indexes.
-pub(super) fn unsettled<'a>(marks: impl IntoIterator<Item = &'a Mark>) -> Option<Duration> {
-    marks.into_iter().filter_map(Mark::unsettled_for).max()
+/// Whether a move may write what it read (`attempt` counts its reads from 0): `false`
+/// after waiting out the index lag of a fresh mark among `marks` (read again), an
+/// error when its last read still has one.
+pub(super) async fn settled<'a>(
+    attempt: usize,
+    marks: impl IntoIterator<Item = &'a Mark>,
+) -> StoreResult<bool> {
+    let Some(wait) = marks.into_iter().filter_map(Mark::unsettled_for).max() else {
+        return Ok(true);
+    };
+    if attempt + 1 >= MOVE_READS {
+        return Err(still_gaining());
+    }
+    tokio::time::sleep(wait).await;
+    Ok(false)
 }
 
 #[cfg(test)]
