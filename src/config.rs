@@ -27,6 +27,7 @@
 //! | `GCDR_DYNAMODB` | `false` | `true`: enable DynamoDB at AWS's own endpoint |
 //! | `AWS_REGION` | `sa-east-1` | DynamoDB region (legacy default) |
 //! | `GCDR_STAGE` | `dev` | legacy table stage: `gcdr-<entity>-<stage>` |
+//! | `GCDR_DYNAMODB_INDEX_SETTLE_MS` | `1000` | how long a GSI may lag its table: a delete whose parent just gained a dependent waits this out before checking the index |
 //! | `CUSTOMERS_TABLE` ... `ROLE_ASSIGNMENTS_TABLE` | — | legacy per-table name overrides |
 //! | `GCDR_ADMIN_TOKEN` | — | bearer token of StorageAdminService; unset: the admin API is off |
 //! | `GCDR_SHADOW_READ_RATE` | `0` | fraction (0..1) of get reads also read from the other store and compared |
@@ -145,6 +146,17 @@ impl Config {
                 )
             })?,
         };
+        let index_settle = match get("GCDR_DYNAMODB_INDEX_SETTLE_MS") {
+            None => crate::storage::dynamodb::INDEX_SETTLE,
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms <= 60_000)
+                .map(Duration::from_millis)
+                .with_context(|| {
+                    format!("GCDR_DYNAMODB_INDEX_SETTLE_MS={v:?}: expected milliseconds, 0..60000")
+                })?,
+        };
         let endpoint = get("DYNAMODB_ENDPOINT");
         let dynamodb =
             (endpoint.is_some() || flag("GCDR_DYNAMODB", false)?).then(|| DynamoConfig {
@@ -154,6 +166,7 @@ impl Config {
                     &get("GCDR_STAGE").unwrap_or_else(|| "dev".into()),
                     &get,
                 ),
+                index_settle,
             });
         let shadow_rate = match get("GCDR_SHADOW_READ_RATE") {
             None => 0.0,

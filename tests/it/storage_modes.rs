@@ -31,6 +31,7 @@ pub fn dynamo_config(endpoint: &str, stage: &str) -> DynamoConfig {
         endpoint: Some(endpoint.to_owned()),
         region: "sa-east-1".into(),
         tables: TableNames::from_lookup(stage, |_| None),
+        index_settle: gcdr_data::storage::dynamodb::INDEX_SETTLE,
     }
 }
 
@@ -1781,5 +1782,62 @@ async fn dynamodb_a_subtree_larger_than_one_transaction_moves_whole() {
     assert!(
         rooms.iter().all(|r| r.customer_id == r2.id),
         "a room kept the old customer"
+    );
+}
+
+/// DynamoDB authoritative: an asset moving to another customer claims its code there
+/// in the transaction that moves it, so a create of the same code in the destination,
+/// racing the move, never also succeeds (two assets of one customer with one code).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_move_and_a_create_never_share_a_code_in_the_destination() {
+    const ROUNDS: usize = 24;
+    let s = &ModeServer::start(StorageMode::Dynamodb).await;
+    let t = "tenant-a";
+    let r1 = &new_customer(s, t, None).await.unwrap();
+    let r2 = &new_customer(s, t, None).await.unwrap();
+    let rounds = (0..ROUNDS).map(|i| async move {
+        let code = format!("SHARED-{i}");
+        let b = new_asset(s, t, r1.id.clone(), None, format!("B-{i}")).await;
+        new_asset(s, t, r1.id.clone(), Some(b.id.clone()), code.clone()).await;
+        // Older than the index lag, so that the move does not wait and re-read.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let mut assets = s.assets();
+        let mv = assets.move_asset(req(
+            t,
+            pb::MoveAssetRequest {
+                id: b.id.clone(),
+                destination: Some(pb::move_asset_request::Destination::ToRoot(true)),
+                new_customer_id: Some(r2.id.clone()),
+                expected_version: None,
+            },
+        ));
+        // The create starts a little later each round, to land at every point of the
+        // move (between its check of the destination's codes and its writes).
+        let create = async {
+            tokio::time::sleep(Duration::from_millis(4 * i as u64)).await;
+            let a = pb::Asset {
+                customer_id: r2.id.clone(),
+                name: "A".into(),
+                code: Some(code),
+                r#type: pb::AssetType::Building as i32,
+                ..Default::default()
+            };
+            let request = req(t, pb::CreateAssetRequest { asset: Some(a) });
+            s.assets().create_asset(request).await
+        };
+        let (created, moved) = tokio::join!(create, mv);
+        match (created, moved) {
+            (Ok(_), Ok(_)) => 1,
+            (Ok(_), Err(e)) | (Err(e), Ok(_)) => {
+                assert_eq!(e.code(), Code::AlreadyExists, "the loser: {e:?}");
+                0
+            }
+            (Err(a), Err(b)) => panic!("both lost: {a:?} / {b:?}"),
+        }
+    });
+    let shared: usize = futures::future::join_all(rounds).await.into_iter().sum();
+    assert_eq!(
+        shared, 0,
+        "rounds where two assets of one customer share a code"
     );
 }

@@ -20,6 +20,7 @@ pub async fn store(endpoint: &str, stage: &str) -> DynamoStore {
         endpoint: Some(endpoint.to_owned()),
         region: "sa-east-1".into(),
         tables: TableNames::from_lookup(stage, |_| None),
+        index_settle: gcdr_data::storage::dynamodb::INDEX_SETTLE,
     })
     .await
 }

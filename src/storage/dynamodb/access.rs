@@ -1079,7 +1079,7 @@ impl RoleStore for DynamoStore {
                 check_version(expected, r.version)?;
                 // An assignment made just before may not show in gsi-role yet; one made
                 // after this read changes the mark and cancels the delete.
-                mark.settle().await;
+                mark.settle(self.index_settle).await;
                 let now = super::item::now();
                 let items = self.role_assignment_items(tenant, &r.key).await?;
                 let history = items

@@ -9,9 +9,11 @@
 //! Codes are unique per customer: a create or a code change checks `gsi-customer`
 //! (legacy items carry no claim) and claims `<customer> <code>` in the unique-keys
 //! table in the same transaction as the write; a delete releases it. A move to
-//! another customer checks the destination's codes but does not claim them (a
-//! subtree's claims would triple its transaction items): the moved assets' old
-//! claims turn stale, and are dropped by the next writer that wants those values.
+//! another customer checks the destination's codes and claims them, each claim in the
+//! same transaction as its asset's write, so a create of one of those codes in the
+//! destination cannot slip in between. The moved assets' old claims are not released
+//! (that would make three items per asset): they turn stale, and are dropped by the
+//! next writer that wants those values.
 
 use std::collections::HashSet;
 
@@ -626,7 +628,7 @@ impl AssetStore for DynamoStore {
                 let item = item.ok_or(NOT_FOUND)?;
                 let (asset, mark) = (from_item(&item)?, Mark::of(&item));
                 check_version(expected, asset.version)?;
-                mark.settle().await;
+                mark.settle(self.index_settle).await;
                 if self
                     .exists_in_index(&self.tables.assets, "gsi-parent", t, "parentAssetId", &sid)
                     .await?
@@ -892,12 +894,12 @@ impl AssetStore for DynamoStore {
                 // gsi-path / gsi-asset yet: wait for it and read again (dependents.rs). One
                 // added later changes its parent's mark, which the writes are conditioned on.
                 let marks = std::iter::once(&node_mark).chain(descendants.iter().map(|d| &d.1));
-                if !settled(attempt, marks).await? {
+                if !settled(attempt, self.index_settle, marks).await? {
                     continue;
                 }
                 // Codes are unique per customer: a move into a customer that already has
                 // one of the moved codes is refused, as PostgreSQL's constraint refuses it.
-                // Checked, not claimed (module doc).
+                // Checked here (legacy items carry no claim), claimed with the writes.
                 if customer_changes {
                     let q = Query::index_eq(
                         table,
@@ -958,9 +960,11 @@ impl AssetStore for DynamoStore {
                 };
                 let mut devices = devices.into_iter();
                 let delta = new_depth - node.depth;
-                let mut writes = Vec::with_capacity(descendants.len() + 2);
+                // Groups of writes that commit together: a device, or an asset with the
+                // claim of its code in the destination.
+                let mut writes = Groups::default();
                 for (mut d, mark) in descendants {
-                    writes.extend(device_writes(devices.next())?);
+                    writes.singles(device_writes(devices.next())?);
                     let read_version = d.version;
                     d.customer_id = customer;
                     d.path = format!("{new_path}{}", &d.path[node.path.len()..]);
@@ -969,9 +973,10 @@ impl AssetStore for DynamoStore {
                     d.updated_at = now;
                     d.updated_by = Some(actor.clone());
                     let w = mark.guard(overwrite(&d, Expect::Version(read_version))?);
-                    writes.push(w.transact_item(table)?);
+                    let claim = customer_changes.then(|| (code_value(customer, &d.code), d.id));
+                    writes.asset(self, &ctx.tenant, claim, w.transact_item(table)?)?;
                 }
-                writes.extend(device_writes(node_devices)?);
+                writes.singles(device_writes(node_devices)?);
                 // The node goes last, in the final chunk. The destination check (and
                 // mark) is in every chunk: each moves assets under it.
                 let destination = match &parent {
@@ -992,13 +997,77 @@ impl AssetStore for DynamoStore {
                 node.updated_at = now;
                 node.updated_by = Some(actor);
                 let w = node_mark.guard(overwrite(&node, Expect::Version(read_version))?);
-                writes.push(w.transact_item(table)?);
-                self.transact_chunks(writes, Some(destination)).await?;
-                return Ok(node);
+                let claim = customer_changes.then(|| (code_value(customer, &node.code), id));
+                writes.asset(self, &ctx.tenant, claim, w.transact_item(table)?)?;
+                let Groups { groups, claims, .. } = writes;
+                let cancelled = match self.transact_groups(groups, Some(destination)).await? {
+                    Ok(()) => return Ok(node),
+                    Err(c) => c,
+                };
+                // A failed claim: the code is another asset's now, or its claim was
+                // stale (dropped by claim_taken: read again and retry).
+                let mut stale = false;
+                for (_, value, owner) in claims.iter().filter(|c| cancelled.failed.contains(&c.0)) {
+                    let claim = self.asset_code_claim(&ctx.tenant, value, owner);
+                    if !self.claim_taken(&claim).await? {
+                        stale = true;
+                    } else if cancelled.partial {
+                        return Err(StoreError::FailedPrecondition {
+                            reason: "PARTIAL_MOVE",
+                            message: "an asset code of the subtree was taken in the destination \
+                                      while it was being moved; part of it was rewritten: move \
+                                      it back, or free the code and retry"
+                                .into(),
+                        });
+                    } else {
+                        return Err(code_taken());
+                    }
+                }
+                if !stale {
+                    return Err(cancelled.into_error());
+                }
             }
             Err(super::dependents::still_gaining())
         })
         .await
+    }
+}
+
+/// A move's writes in groups that commit together, with the claims among them.
+#[derive(Default)]
+struct Groups {
+    groups: Vec<Vec<TransactWriteItem>>,
+    /// Each claim's index in the groups flattened, its value and its owner.
+    claims: Vec<(usize, String, String)>,
+    len: usize,
+}
+
+impl Groups {
+    /// Writes that commit on their own.
+    fn singles(&mut self, items: Vec<TransactWriteItem>) {
+        self.len += items.len();
+        self.groups.extend(items.into_iter().map(|i| vec![i]));
+    }
+
+    /// An asset's write, with the claim (value, owner) of its code when it changes
+    /// customer.
+    fn asset(
+        &mut self,
+        store: &DynamoStore,
+        tenant: &TenantId,
+        claim: Option<(String, AssetId)>,
+        write: TransactWriteItem,
+    ) -> StoreResult<()> {
+        let mut group = Vec::with_capacity(2);
+        if let Some((value, owner)) = claim {
+            let owner = owner.to_string();
+            group.push(store.asset_code_claim(tenant, &value, &owner).take()?);
+            self.claims.push((self.len, value, owner));
+        }
+        group.push(write);
+        self.len += group.len();
+        self.groups.push(group);
+        Ok(())
     }
 }
 

@@ -414,7 +414,7 @@ impl CustomerStore for DynamoStore {
                 let item = item.ok_or(NOT_FOUND)?;
                 let (customer, mark) = (from_item(&item)?, Mark::of(&item));
                 check_version(expected, customer.version)?;
-                mark.settle().await;
+                mark.settle(self.index_settle).await;
                 if self
                     .exists_in_index(
                         &self.tables.customers,
@@ -644,7 +644,7 @@ impl CustomerStore for DynamoStore {
                 // wait for it and read again (dependents.rs). One added later changes
                 // its parent's mark, which every write below is conditioned on.
                 let marks = std::iter::once(&node_mark).chain(descendants.iter().map(|d| &d.1));
-                if !settled(attempt, marks).await? {
+                if !settled(attempt, self.index_settle, marks).await? {
                     continue;
                 }
                 let delta = new_depth - node.depth;

@@ -13,7 +13,8 @@
 //!
 //! The dependents checks read GSIs, which lag their table. A dependent added just
 //! before the delete read its parent may not show yet, so a delete whose parent gained
-//! a dependent less than [`INDEX_SETTLE`] ago waits for the index to catch up first.
+//! a dependent less than the index settle time ago (`GCDR_DYNAMODB_INDEX_SETTLE_MS`,
+//! [`INDEX_SETTLE`] by default) waits for the index to catch up first.
 //! The mark holds the time of the last addition for that purpose. Clocks of replicas
 //! are assumed to agree within that margin.
 //!
@@ -33,8 +34,9 @@ use crate::storage::{StoreError, StoreResult};
 /// The parent's mark: `<unix ms of the last addition> <random>`.
 pub const DEPENDENTS_MARK: &str = "gcdrDependentsMark";
 
-/// How long a GSI is assumed to lag its table at most. DynamoDB propagates "within a
-/// fraction of a second" under normal conditions.
+/// How long a GSI is assumed to lag its table at most, by default. DynamoDB
+/// propagates "within a fraction of a second" under normal conditions; a table whose
+/// indexes are throttled can lag longer, so it is configurable.
 pub const INDEX_SETTLE: Duration = Duration::from_secs(1);
 
 /// How many times a move reads its subtree while a mark in it is fresh (waiting out the
@@ -96,17 +98,18 @@ impl Mark {
         )
     }
 
-    /// How long until a dependent added at the mark surely shows in the indexes.
-    pub(super) fn unsettled_for(&self) -> Option<Duration> {
+    /// How long until a dependent added at the mark surely shows in the indexes,
+    /// which lag the table by up to `settle`.
+    pub(super) fn unsettled_for(&self, settle: Duration) -> Option<Duration> {
         let at: i64 = self.0.as_deref()?.split(' ').next()?.parse().ok()?;
         let age = Utc::now().timestamp_millis().saturating_sub(at).max(0);
-        let left = i64::try_from(INDEX_SETTLE.as_millis()).ok()? - age;
+        let left = i64::try_from(settle.as_millis()).ok()? - age;
         (left > 0).then(|| Duration::from_millis(left.unsigned_abs()))
     }
 
     /// Waits until a dependent added at the mark surely shows in the indexes.
-    pub(super) async fn settle(&self) {
-        if let Some(wait) = self.unsettled_for() {
+    pub(super) async fn settle(&self, settle: Duration) {
+        if let Some(wait) = self.unsettled_for(settle) {
             tokio::time::sleep(wait).await;
         }
     }
@@ -168,9 +171,14 @@ impl Mark {
 /// error when its last read still has one.
 pub(super) async fn settled<'a>(
     attempt: usize,
+    settle: Duration,
     marks: impl IntoIterator<Item = &'a Mark>,
 ) -> StoreResult<bool> {
-    let Some(wait) = marks.into_iter().filter_map(Mark::unsettled_for).max() else {
+    let Some(wait) = marks
+        .into_iter()
+        .filter_map(|m| m.unsettled_for(settle))
+        .max()
+    else {
         return Ok(true);
     };
     if attempt + 1 >= MOVE_READS {
@@ -191,13 +199,20 @@ mod tests {
     #[test]
     fn a_fresh_mark_waits_out_the_index_lag_and_an_old_or_absent_one_does_not() {
         let now = Utc::now().timestamp_millis();
-        let wait = mark_at(now - 300).unsettled_for().expect("fresh");
+        let wait = mark_at(now - 300)
+            .unsettled_for(INDEX_SETTLE)
+            .expect("fresh");
         assert!(wait <= Duration::from_millis(700) && wait >= Duration::from_millis(500));
-        assert_eq!(mark_at(now - 5_000).unsettled_for(), None);
-        assert_eq!(Mark(None).unsettled_for(), None);
-        assert_eq!(Mark(Some("garbage".into())).unsettled_for(), None);
+        assert_eq!(mark_at(now - 5_000).unsettled_for(INDEX_SETTLE), None);
+        assert_eq!(Mark(None).unsettled_for(INDEX_SETTLE), None);
+        assert_eq!(
+            Mark(Some("garbage".into())).unsettled_for(INDEX_SETTLE),
+            None
+        );
         // A mark from a clock ahead of ours waits at most the settle time.
-        let ahead = mark_at(now + 60_000).unsettled_for().expect("ahead");
+        let ahead = mark_at(now + 60_000)
+            .unsettled_for(INDEX_SETTLE)
+            .expect("ahead");
         assert!(ahead <= INDEX_SETTLE);
     }
 }

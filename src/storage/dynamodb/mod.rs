@@ -15,6 +15,7 @@ mod access;
 mod assets;
 mod customers;
 mod dependents;
+pub use dependents::INDEX_SETTLE;
 mod devices;
 mod item;
 mod partners;
@@ -45,6 +46,9 @@ pub struct DynamoConfig {
     /// `AWS_REGION`, legacy default `sa-east-1`.
     pub region: String,
     pub tables: TableNames,
+    /// `GCDR_DYNAMODB_INDEX_SETTLE_MS`: how long a GSI may lag its table
+    /// (dependents.rs); [`INDEX_SETTLE`] by default.
+    pub index_settle: std::time::Duration,
 }
 
 /// The DynamoDB store.
@@ -52,6 +56,7 @@ pub struct DynamoConfig {
 pub struct DynamoStore {
     client: Client,
     tables: TableNames,
+    index_settle: std::time::Duration,
 }
 
 impl DynamoStore {
@@ -86,6 +91,7 @@ impl DynamoStore {
         Self {
             client: Client::from_conf(conf),
             tables: cfg.tables.clone(),
+            index_settle: cfg.index_settle,
         }
     }
 
@@ -755,44 +761,169 @@ impl DynamoStore {
         items: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
         each: Option<aws_sdk_dynamodb::types::TransactWriteItem>,
     ) -> StoreResult<()> {
+        let groups = items.into_iter().map(|i| vec![i]).collect();
+        match self.transact_groups(groups, each).await? {
+            Ok(()) => Ok(()),
+            Err(c) => Err(c.into_error()),
+        }
+    }
+
+    /// [`DynamoStore::transact_chunks`] of groups of writes, each group kept whole in
+    /// one chunk (a write and the claim that must commit with it). A chunk cancelled
+    /// by a failed condition is `Ok(Err(_))`, naming the items (indices into the
+    /// groups flattened) whose conditions failed.
+    async fn transact_groups(
+        &self,
+        groups: Vec<Vec<aws_sdk_dynamodb::types::TransactWriteItem>>,
+        each: Option<aws_sdk_dynamodb::types::TransactWriteItem>,
+    ) -> StoreResult<Result<(), ChunkCancelled>> {
         let limit = TRANSACTION_LIMIT - usize::from(each.is_some());
-        let first_len = match items.len() % limit {
-            0 => limit,
-            r => r,
-        };
-        let mut items = items.into_iter().peekable();
-        let mut first = true;
-        let mut take = first_len;
-        while items.peek().is_some() {
-            let mut chunk: Vec<_> = items.by_ref().take(take).collect();
-            chunk.extend(each.clone());
-            take = limit;
-            let result = self.transact_write(chunk).await;
-            match result {
-                Ok(_) => first = false,
-                Err(e) => {
-                    let concurrent = cancellation_codes(&e)
-                        .is_some_and(|codes| codes.iter().any(|c| c == "ConditionalCheckFailed"));
-                    return Err(match (concurrent, first) {
-                        (true, true) => StoreError::FailedPrecondition {
-                            reason: "CONCURRENT_HIERARCHY_CHANGE",
-                            message: "the subtree changed while it was being moved; retry".into(),
-                        },
-                        (true, false) => StoreError::FailedPrecondition {
-                            reason: "PARTIAL_MOVE",
-                            message: "the subtree changed while it was being moved; part of it \
-                                      was rewritten, retry the move to finish it"
-                                .into(),
-                        },
-                        (false, _) if cancellation_codes(&e).is_some() => StoreError::Unavailable(
-                            "a concurrent transaction or throttling cancelled the move; retry"
-                                .into(),
-                        ),
-                        (false, _) => sdk_error(e),
-                    });
-                }
+        for (chunk, first) in pack_chunks(groups, limit)? {
+            let (indices, mut items): (Vec<usize>, Vec<_>) = chunk.into_iter().unzip();
+            items.extend(each.clone());
+            let e = match self.transact_write(items).await {
+                Ok(_) => continue,
+                Err(e) => e,
+            };
+            let Some(codes) = cancellation_codes(&e) else {
+                return Err(sdk_error(e));
+            };
+            if !codes.iter().any(|c| c == "ConditionalCheckFailed") {
+                return Err(StoreError::Unavailable(
+                    "a concurrent transaction or throttling cancelled the move; retry".into(),
+                ));
+            }
+            let failed = codes
+                .iter()
+                .zip(&indices)
+                .filter(|(c, _)| *c == "ConditionalCheckFailed")
+                .map(|(_, i)| *i)
+                .collect();
+            return Ok(Err(ChunkCancelled {
+                failed,
+                partial: !first,
+            }));
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// A chunked write stopped by a failed condition.
+struct ChunkCancelled {
+    /// The items whose conditions failed (indices into the groups flattened); the
+    /// per-chunk check can fail too, which is not listed.
+    failed: Vec<usize>,
+    /// Earlier chunks had committed.
+    partial: bool,
+}
+
+impl ChunkCancelled {
+    /// The move's answer: the subtree changed while it was read and written.
+    fn into_error(self) -> StoreError {
+        if self.partial {
+            StoreError::FailedPrecondition {
+                reason: "PARTIAL_MOVE",
+                message: "the subtree changed while it was being moved; part of it was \
+                          rewritten, retry the move to finish it"
+                    .into(),
+            }
+        } else {
+            StoreError::FailedPrecondition {
+                reason: "CONCURRENT_HIERARCHY_CHANGE",
+                message: "the subtree changed while it was being moved; retry".into(),
             }
         }
-        Ok(())
+    }
+}
+
+/// One chunk of [`pack_chunks`]: each item with its index in the groups flattened, and
+/// whether the chunk is the first.
+type Chunk<T> = (Vec<(usize, T)>, bool);
+
+/// Packs groups into chunks of at most `limit` items, in order, each group whole, the
+/// last chunk as full as the groups allow.
+fn pack_chunks<T>(groups: Vec<Vec<T>>, limit: usize) -> StoreResult<Vec<Chunk<T>>> {
+    if groups.iter().any(|g| g.len() > limit) {
+        return Err(StoreError::Internal(
+            "a group of writes is larger than one transaction".into(),
+        ));
+    }
+    let mut next = 0;
+    let indexed: Vec<Vec<(usize, T)>> = groups
+        .into_iter()
+        .map(|g| {
+            g.into_iter()
+                .map(|t| {
+                    next += 1;
+                    (next - 1, t)
+                })
+                .collect()
+        })
+        .collect();
+    // Filled from the end, so the remainder is the first chunk.
+    let mut chunks: Vec<Vec<Vec<(usize, T)>>> = Vec::new();
+    let mut current: Vec<Vec<(usize, T)>> = Vec::new();
+    let mut size = 0;
+    for g in indexed.into_iter().rev() {
+        if size + g.len() > limit {
+            chunks.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += g.len();
+        current.push(g);
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    Ok(chunks
+        .into_iter()
+        .rev()
+        .enumerate()
+        .map(|(n, groups)| (groups.into_iter().rev().flatten().collect(), n == 0))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pack_chunks;
+
+    /// The chunks as lists of (index, item), first-chunk flags apart.
+    fn chunks(groups: Vec<Vec<char>>, limit: usize) -> Vec<Vec<(usize, char)>> {
+        let packed = pack_chunks(groups, limit).unwrap();
+        let firsts: Vec<bool> = packed.iter().map(|c| c.1).collect();
+        assert_eq!(firsts.iter().filter(|f| **f).count(), 1.min(packed.len()));
+        assert!(packed.is_empty() || firsts[0]);
+        packed.into_iter().map(|c| c.0).collect()
+    }
+
+    #[test]
+    fn chunks_keep_order_and_fill_the_last_one() {
+        let singles = (0..7).map(|i| vec![char::from(b'a' + i)]).collect();
+        let got = chunks(singles, 3);
+        assert_eq!(
+            got,
+            vec![
+                vec![(0, 'a')],
+                vec![(1, 'b'), (2, 'c'), (3, 'd')],
+                vec![(4, 'e'), (5, 'f'), (6, 'g')],
+            ]
+        );
+    }
+
+    #[test]
+    fn a_group_is_never_split_across_chunks() {
+        // Pairs of (claim, write) and a single, 3 per chunk, filled from the end.
+        let groups = vec![vec!['c', 'w'], vec!['d'], vec!['C', 'W'], vec!['x', 'y']];
+        let got = chunks(groups, 3);
+        assert_eq!(
+            got,
+            vec![
+                vec![(0, 'c'), (1, 'w')],
+                vec![(2, 'd'), (3, 'C'), (4, 'W')],
+                vec![(5, 'x'), (6, 'y')],
+            ]
+        );
+        assert!(pack_chunks(vec![vec!['a'; 4]], 3).is_err());
+        assert!(chunks(Vec::new(), 3).is_empty());
     }
 }
