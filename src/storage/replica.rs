@@ -189,14 +189,14 @@ pub struct Intent {
 /// `gcdr-replication-outbox-<stage>` in DynamoDB).
 #[async_trait]
 pub trait Outbox: Send + Sync {
-    /// Writes one intent. Durable on return, unless [`Outbox::durable_with_next_write`].
+    /// Writes one intent, durable on return.
     async fn intend(&self, intent: &Intent) -> StoreResult<()>;
 
-    /// `true`: an intent becomes durable with the store's next durable write that
-    /// starts after `intend` returns (PostgreSQL: written with asynchronous commit, so
-    /// flushed with the write's synchronous commit, later in the same WAL), so it must
-    /// be written first. `false`: durable on return, so it is written alongside.
-    fn durable_with_next_write(&self) -> bool {
+    /// `true`: the store commits an intent in the transaction of the write it follows
+    /// (PostgreSQL, [`crate::storage::postgres::with_intent`]), so it commits if and only
+    /// if the write does. `false`: it is written alongside the write, with
+    /// [`Outbox::intend`].
+    fn commits_with_the_write(&self) -> bool {
         false
     }
 

@@ -490,8 +490,8 @@ impl Router {
 
     /// Runs `write` on the route's primary store and, in a dual mode, queues its copy
     /// (`op` of the result) to the secondary. The copy's intent is written to the
-    /// primary's outbox while the write runs (PostgreSQL: just before, see
-    /// [`Outbox::durable_with_next_write`]), and both are awaited before the call
+    /// primary's outbox while the write runs (PostgreSQL: in the write's transaction,
+    /// see [`Outbox::commits_with_the_write`]), and both are awaited before the call
     /// returns: a copy still queued when the process dies is replayed after restart.
     /// An intent that cannot be written is counted and logged; the call still
     /// succeeds and the copy is still queued.
@@ -513,9 +513,15 @@ impl Router {
             subtree,
         };
         let outbox = &r.primary.outbox;
-        let (done, noted) = if outbox.durable_with_next_write() {
-            let noted = outbox.intend(&intent).await;
-            (write.await, noted)
+        let (done, noted) = if outbox.commits_with_the_write() {
+            // PostgreSQL: in the write's own transaction. A successful write that
+            // committed none (it has no transaction) notes its intent now.
+            let (done, committed) = super::postgres::with_intent(&intent, write).await;
+            let noted = match &done {
+                Ok(_) if !committed => outbox.intend(&intent).await,
+                _ => Ok(()),
+            };
+            (done, noted)
         } else {
             // Spawned, so the intent is written even when the caller is cancelled
             // after the write went out.

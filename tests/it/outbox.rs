@@ -378,3 +378,88 @@ async fn an_intent_from_before_a_mode_change_is_set_aside_not_replayed() {
     };
     assert_eq!(kept.name, "Kept");
 }
+
+/// PostgreSQL authoritative: a write's copy intent is inserted by the write's own
+/// transaction, so it commits if and only if the write does: a write refused inside
+/// its transaction leaves no intent, a write that commits leaves exactly its intent.
+/// A one-statement write (a policy) gets a transaction for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_intent_commits_with_its_write_and_only_with_it() {
+    use gcdr_data::domain::customer::{CustomerType, NewCustomer, Settings};
+    use gcdr_data::domain::{Actor, Ctx, CustomerId, TenantId};
+    use gcdr_data::storage::CustomerStore;
+    use gcdr_data::storage::postgres::with_intent;
+
+    let db = fresh_database().await;
+    let pg = PgStore::connect(&db, &PoolConfig::default()).await.unwrap();
+    let ctx = Ctx {
+        tenant: TenantId::parse(T).unwrap(),
+        actor: Actor::system(),
+    };
+    let new = |parent: Option<CustomerId>| NewCustomer {
+        id: CustomerId(Uuid::new_v4()),
+        parent_id: parent,
+        name: "Acme".into(),
+        display_name: "Acme".into(),
+        code: None,
+        kind: CustomerType::Company,
+        email: None,
+        phone: None,
+        address: None,
+        settings: Settings::default(),
+        metadata: Default::default(),
+    };
+    let intent_for = |id: Uuid| Intent {
+        id: Uuid::new_v4(),
+        key: key(Entity::Customer, T, &id.to_string()),
+        target: Backend::Dynamodb,
+        subtree: false,
+    };
+    let pending = || async { Outbox::stale(&pg, Duration::ZERO, 100).await.unwrap() };
+
+    // Refused inside its transaction (the parent is looked up there): no intent.
+    let orphan = new(Some(CustomerId(Uuid::new_v4())));
+    let refused = intent_for(orphan.id.0);
+    let (done, committed) = with_intent(&refused, pg.create(&ctx, orphan)).await;
+    assert!(done.is_err(), "a customer under a missing parent: {done:?}");
+    assert!(!committed);
+    assert_eq!(
+        pending().await,
+        Vec::<Intent>::new(),
+        "an intent without its write"
+    );
+
+    // Committed: its intent, and only that one.
+    let root = new(None);
+    let kept = intent_for(root.id.0);
+    let (done, committed) = with_intent(&kept, pg.create(&ctx, root)).await;
+    done.expect("a root customer");
+    assert!(committed);
+    assert_eq!(pending().await, vec![kept.clone()]);
+
+    // A policy is one INSERT: it runs in a transaction for the intent.
+    let policy = gcdr_data::domain::access::requests::NewPolicy {
+        id: Uuid::new_v4(),
+        key: "reader".into(),
+        display_name: "Reader".into(),
+        description: String::new(),
+        allow: vec!["assets:read".into()],
+        deny: vec![],
+        conditions: None,
+        risk_level: gcdr_data::domain::access::RiskLevel::Low,
+    };
+    let with_policy = Intent {
+        id: Uuid::new_v4(),
+        key: key(Entity::Policy, T, &policy.id.to_string()),
+        target: Backend::Dynamodb,
+        subtree: false,
+    };
+    let (done, committed) = with_intent(
+        &with_policy,
+        gcdr_data::storage::PolicyStore::create(&pg, &ctx, policy),
+    )
+    .await;
+    done.expect("a policy");
+    assert!(committed);
+    assert_eq!(pending().await.len(), 2);
+}

@@ -1,9 +1,10 @@
 //! Assets in PostgreSQL: row type, conversions and the `AssetStore` impl.
 
+use super::tx;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::hierarchy::{self, Tree};
@@ -188,77 +189,75 @@ impl AssetStore for PgStore {
             let generated_code = new.code.is_none();
             for attempt in 0..5 {
                 let new = new.clone();
-                let result = conn
-                    .transaction(async |conn| {
-                        if !customer_exists(conn, &ctx.tenant, new.customer_id).await? {
-                            return Err(StoreError::NotFound { entity: "customer" });
-                        }
-                        let parent = match new.parent_id {
-                            Some(pid) => {
-                                hierarchy::lock(conn, Tree::Assets, &ctx.tenant, false).await?;
-                                let p =
-                                    find(conn, &ctx.tenant, pid, false).await.map_err(|_| {
-                                        StoreError::NotFound {
-                                            entity: "parent asset",
-                                        }
-                                    })?;
-                                if p.customer_id != new.customer_id.0 {
-                                    return Err(other_customer());
+                let result = tx(&mut conn, async |conn| {
+                    if !customer_exists(conn, &ctx.tenant, new.customer_id).await? {
+                        return Err(StoreError::NotFound { entity: "customer" });
+                    }
+                    let parent = match new.parent_id {
+                        Some(pid) => {
+                            hierarchy::lock(conn, Tree::Assets, &ctx.tenant, false).await?;
+                            let p = find(conn, &ctx.tenant, pid, false).await.map_err(|_| {
+                                StoreError::NotFound {
+                                    entity: "parent asset",
                                 }
-                                Some((p.path, p.depth))
+                            })?;
+                            if p.customer_id != new.customer_id.0 {
+                                return Err(other_customer());
                             }
-                            None => None,
-                        };
-                        let (path, depth) = asset_path(
-                            &ctx.tenant,
-                            new.customer_id,
-                            parent.as_ref().map(|(p, d)| (p.as_str(), *d)),
-                            new.id,
-                        );
-                        let code = match new.code {
-                            Some(code) => code,
-                            None => {
-                                free_code(
-                                    conn,
-                                    &ctx.tenant,
-                                    new.customer_id,
-                                    &generate_code(&new.name),
-                                )
-                                .await?
-                            }
-                        };
-                        let now = Utc::now();
-                        let asset = Asset {
-                            tenant_id: ctx.tenant.clone(),
-                            id: new.id,
-                            customer_id: new.customer_id,
-                            parent_id: new.parent_id,
-                            path,
-                            depth,
-                            name: new.name,
-                            display_name: new.display_name,
-                            code,
-                            kind: new.kind,
-                            description: new.description,
-                            location: new.location,
-                            specs: new.specs,
-                            tags: new.tags,
-                            metadata: new.metadata,
-                            status: EntityStatus::Active,
-                            version: 1,
-                            created_at: now,
-                            updated_at: now,
-                            created_by: ctx.actor.as_str().to_owned(),
-                            updated_by: None,
-                        };
-                        diesel::insert_into(dsl::assets)
-                            .values(AssetRow::from_domain(&asset)?)
-                            .returning(AssetRow::as_returning())
-                            .get_result(conn)
+                            Some((p.path, p.depth))
+                        }
+                        None => None,
+                    };
+                    let (path, depth) = asset_path(
+                        &ctx.tenant,
+                        new.customer_id,
+                        parent.as_ref().map(|(p, d)| (p.as_str(), *d)),
+                        new.id,
+                    );
+                    let code = match new.code {
+                        Some(code) => code,
+                        None => {
+                            free_code(
+                                conn,
+                                &ctx.tenant,
+                                new.customer_id,
+                                &generate_code(&new.name),
+                            )
                             .await?
-                            .into_domain()
-                    })
-                    .await;
+                        }
+                    };
+                    let now = Utc::now();
+                    let asset = Asset {
+                        tenant_id: ctx.tenant.clone(),
+                        id: new.id,
+                        customer_id: new.customer_id,
+                        parent_id: new.parent_id,
+                        path,
+                        depth,
+                        name: new.name,
+                        display_name: new.display_name,
+                        code,
+                        kind: new.kind,
+                        description: new.description,
+                        location: new.location,
+                        specs: new.specs,
+                        tags: new.tags,
+                        metadata: new.metadata,
+                        status: EntityStatus::Active,
+                        version: 1,
+                        created_at: now,
+                        updated_at: now,
+                        created_by: ctx.actor.as_str().to_owned(),
+                        updated_by: None,
+                    };
+                    diesel::insert_into(dsl::assets)
+                        .values(AssetRow::from_domain(&asset)?)
+                        .returning(AssetRow::as_returning())
+                        .get_result(conn)
+                        .await?
+                        .into_domain()
+                })
+                .await;
                 match result {
                     Err(StoreError::AlreadyExists {
                         reason: "ASSET_CODE_EXISTS",
@@ -315,7 +314,7 @@ impl AssetStore for PgStore {
     ) -> StoreResult<Asset> {
         self.timed("assets.update", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let mut asset = find(conn, &ctx.tenant, id, true).await?.into_domain()?;
                 check_version(expected, asset.version)?;
                 patch.apply(&mut asset, &ctx.actor, Utc::now());
@@ -339,7 +338,7 @@ impl AssetStore for PgStore {
     ) -> StoreResult<()> {
         self.timed("assets.delete", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let row = find(conn, tenant, id, true).await?;
                 check_version(expected, row.version)?;
                 let has_children: bool = diesel::select(diesel::dsl::exists(
@@ -548,7 +547,7 @@ impl AssetStore for PgStore {
     ) -> StoreResult<Asset> {
         self.timed("assets.move", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 hierarchy::lock(conn, Tree::Assets, &ctx.tenant, true).await?;
                 let node = find(conn, &ctx.tenant, id, true).await?;
                 check_version(expected, node.version)?;

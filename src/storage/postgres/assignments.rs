@@ -1,10 +1,11 @@
 //! Role assignments in PostgreSQL, and what authorization reads: the grants of a user
 //! and the ancestry of a resource in the hierarchy.
 
+use super::tx;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures::future::BoxFuture;
 use uuid::Uuid;
 
@@ -163,7 +164,7 @@ impl AssignmentStore for PgStore {
     async fn assign(&self, ctx: &Ctx, new: NewAssignment) -> StoreResult<RoleAssignment> {
         self.timed("assignments.assign", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let tenant = ctx.tenant.as_str();
                 let role: Uuid = roles::table
                     .filter(roles::tenant_id.eq(tenant))
@@ -233,7 +234,7 @@ impl AssignmentStore for PgStore {
     async fn revoke(&self, ctx: &Ctx, id: Uuid) -> StoreResult<RoleAssignment> {
         self.timed("assignments.revoke", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 // Lock the row, so concurrent revokes serialize: the second sees NOT_ACTIVE.
                 dsl::role_assignments
                     .find((ctx.tenant.as_str(), id))

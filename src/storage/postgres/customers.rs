@@ -1,9 +1,10 @@
 //! Customers in PostgreSQL: row type, conversions and the `CustomerStore` impl.
 
+use super::tx;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::hierarchy::{self, Tree};
@@ -167,65 +168,64 @@ impl CustomerStore for PgStore {
             let generated_code = new.code.is_none();
             for attempt in 0..5 {
                 let new = new.clone();
-                let result = conn
-                    .transaction(async |conn| {
-                        let parent = match new.parent_id {
-                            Some(pid) => {
-                                hierarchy::lock(conn, Tree::Customers, &ctx.tenant, false).await?;
-                                let p = dsl::customers
-                                    .find((ctx.tenant.as_str(), pid.0))
-                                    .select((dsl::path, dsl::depth))
-                                    .first::<(String, i32)>(conn)
-                                    .await
-                                    .optional()?
-                                    .ok_or(StoreError::NotFound {
-                                        entity: "parent customer",
-                                    })?;
-                                Some(p)
-                            }
-                            None => None,
-                        };
-                        let (path, depth) = customer_path(
-                            &ctx.tenant,
-                            parent.as_ref().map(|(p, d)| (p.as_str(), *d)),
-                            new.id,
-                        );
-                        let code = match new.code {
-                            Some(code) => code,
-                            None => free_code(conn, &ctx.tenant, &generate_code(&new.name)).await?,
-                        };
-                        let now = Utc::now();
-                        let customer = Customer {
-                            tenant_id: ctx.tenant.clone(),
-                            id: new.id,
-                            parent_id: new.parent_id,
-                            path,
-                            depth,
-                            name: new.name,
-                            display_name: new.display_name,
-                            code,
-                            kind: new.kind,
-                            email: new.email,
-                            phone: new.phone,
-                            address: new.address,
-                            settings: new.settings,
-                            theme: None,
-                            metadata: new.metadata,
-                            status: EntityStatus::Active,
-                            version: 1,
-                            created_at: now,
-                            updated_at: now,
-                            created_by: ctx.actor.as_str().to_owned(),
-                            updated_by: None,
-                        };
-                        let row = diesel::insert_into(dsl::customers)
-                            .values(CustomerRow::from_domain(&customer)?)
-                            .returning(CustomerRow::as_returning())
-                            .get_result(conn)
-                            .await?;
-                        row.into_domain()
-                    })
-                    .await;
+                let result = tx(&mut conn, async |conn| {
+                    let parent = match new.parent_id {
+                        Some(pid) => {
+                            hierarchy::lock(conn, Tree::Customers, &ctx.tenant, false).await?;
+                            let p = dsl::customers
+                                .find((ctx.tenant.as_str(), pid.0))
+                                .select((dsl::path, dsl::depth))
+                                .first::<(String, i32)>(conn)
+                                .await
+                                .optional()?
+                                .ok_or(StoreError::NotFound {
+                                    entity: "parent customer",
+                                })?;
+                            Some(p)
+                        }
+                        None => None,
+                    };
+                    let (path, depth) = customer_path(
+                        &ctx.tenant,
+                        parent.as_ref().map(|(p, d)| (p.as_str(), *d)),
+                        new.id,
+                    );
+                    let code = match new.code {
+                        Some(code) => code,
+                        None => free_code(conn, &ctx.tenant, &generate_code(&new.name)).await?,
+                    };
+                    let now = Utc::now();
+                    let customer = Customer {
+                        tenant_id: ctx.tenant.clone(),
+                        id: new.id,
+                        parent_id: new.parent_id,
+                        path,
+                        depth,
+                        name: new.name,
+                        display_name: new.display_name,
+                        code,
+                        kind: new.kind,
+                        email: new.email,
+                        phone: new.phone,
+                        address: new.address,
+                        settings: new.settings,
+                        theme: None,
+                        metadata: new.metadata,
+                        status: EntityStatus::Active,
+                        version: 1,
+                        created_at: now,
+                        updated_at: now,
+                        created_by: ctx.actor.as_str().to_owned(),
+                        updated_by: None,
+                    };
+                    let row = diesel::insert_into(dsl::customers)
+                        .values(CustomerRow::from_domain(&customer)?)
+                        .returning(CustomerRow::as_returning())
+                        .get_result(conn)
+                        .await?;
+                    row.into_domain()
+                })
+                .await;
                 match result {
                     Err(StoreError::AlreadyExists {
                         reason: "CUSTOMER_CODE_EXISTS",
@@ -276,7 +276,7 @@ impl CustomerStore for PgStore {
     ) -> StoreResult<Customer> {
         self.timed("customers.update", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let mut customer = find(conn, &ctx.tenant, id, true).await?.into_domain()?;
                 check_version(expected, customer.version)?;
                 patch.apply(&mut customer, &ctx.actor, Utc::now());
@@ -302,7 +302,7 @@ impl CustomerStore for PgStore {
         use super::schema::assets::dsl as a;
         self.timed("customers.delete", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let row = find(conn, tenant, id, true).await?;
                 check_version(expected, row.version)?;
                 let has_children: bool = diesel::select(diesel::dsl::exists(
@@ -489,7 +489,7 @@ impl CustomerStore for PgStore {
     ) -> StoreResult<Customer> {
         self.timed("customers.move", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 hierarchy::lock(conn, Tree::Customers, &ctx.tenant, true).await?;
                 let node = find(conn, &ctx.tenant, id, true).await?;
                 check_version(expected, node.version)?;

@@ -1,9 +1,10 @@
 //! Devices in PostgreSQL: row type, conversions and the `DeviceStore` impl.
 
+use super::tx;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::hierarchy::{self, Tree};
@@ -178,7 +179,7 @@ impl DeviceStore for PgStore {
     async fn create(&self, ctx: &Ctx, new: NewDevice) -> StoreResult<Device> {
         self.timed("devices.create", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let customer = asset_customer(conn, &ctx.tenant, new.asset_id, "asset").await?;
                 let now = Utc::now();
                 let device = Device {
@@ -258,7 +259,7 @@ impl DeviceStore for PgStore {
     ) -> StoreResult<Device> {
         self.timed("devices.update", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let mut device = find(conn, &ctx.tenant, id, true).await?.into_domain()?;
                 check_version(expected, device.version)?;
                 patch.apply(&mut device, &ctx.actor, Utc::now());
@@ -277,7 +278,7 @@ impl DeviceStore for PgStore {
     ) -> StoreResult<()> {
         self.timed("devices.delete", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let row = find(conn, tenant, id, true).await?;
                 check_version(expected, row.version)?;
                 diesel::delete(dsl::devices.find((tenant.as_str(), id.0)))
@@ -345,7 +346,7 @@ impl DeviceStore for PgStore {
     ) -> StoreResult<Device> {
         self.timed("devices.move", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let mut device = find(conn, &ctx.tenant, id, true).await?.into_domain()?;
                 check_version(expected, device.version)?;
                 let customer = asset_customer(conn, &ctx.tenant, asset, "new asset").await?;
@@ -375,7 +376,7 @@ impl DeviceStore for PgStore {
     ) -> StoreResult<Device> {
         self.timed("devices.set_connectivity", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let mut device = find(conn, &ctx.tenant, id, true).await?.into_domain()?;
                 let now = Utc::now();
                 match status {

@@ -18,6 +18,7 @@ mod replica;
 mod roles;
 pub mod schema;
 mod tls;
+mod tx;
 
 use std::future::Future;
 use std::time::Duration;
@@ -36,6 +37,8 @@ pub use hierarchy::customer_descendants_sql;
 pub use modes::GLOBAL;
 pub use replica::{removal_lock, upsert_record, upsert_records};
 pub use tls::{TlsSettings, establish};
+pub use tx::with_intent;
+use tx::{tx, tx_if_copied};
 
 /// The schema migrations, embedded in the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");

@@ -1,10 +1,11 @@
 //! Partners and their credentials in PostgreSQL. Credential tables hold only hashes;
 //! their row types have no field for a secret to leak from.
 
+use super::{tx, tx_if_copied};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::json::{JsonText, from_json, to_json};
@@ -379,12 +380,17 @@ impl PartnerStore for PgStore {
                 created_by: ctx.actor.as_str().to_owned(),
                 updated_by: None,
             };
-            diesel::insert_into(dsl::partners)
-                .values(PartnerRow::from_domain(&p)?)
-                .returning(PartnerRow::as_returning())
-                .get_result(&mut conn)
-                .await?
-                .into_domain()
+            let row = PartnerRow::from_domain(&p)?;
+            let written: PartnerRow = tx_if_copied(&mut conn, async |conn| {
+                diesel::insert_into(dsl::partners)
+                    .values(row)
+                    .returning(PartnerRow::as_returning())
+                    .get_result(conn)
+                    .await
+                    .map_err(StoreError::from)
+            })
+            .await?;
+            written.into_domain()
         })
         .await
     }
@@ -405,7 +411,7 @@ impl PartnerStore for PgStore {
     ) -> StoreResult<Partner> {
         self.timed("partners.update", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let mut p = find(conn, &ctx.tenant, id, true).await?;
                 check_version(expected, p.version)?;
                 patch.apply(&mut p.profile);
@@ -459,7 +465,7 @@ impl PartnerStore for PgStore {
     ) -> StoreResult<Partner> {
         self.timed("partners.transition", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let mut p = find(conn, &ctx.tenant, id, true).await?;
                 if !action.allowed_from(p.status) {
                     return Err(StoreError::FailedPrecondition {
@@ -487,7 +493,7 @@ impl PartnerStore for PgStore {
     ) -> StoreResult<ApiKey> {
         self.timed("partners.create_api_key", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 credential_owner(conn, &ctx.tenant, partner, &key.scopes).await?;
                 touch(conn, &ctx.tenant, partner).await?;
                 insert_api_key(conn, &ctx.tenant, partner, &key).await
@@ -526,7 +532,7 @@ impl PartnerStore for PgStore {
     async fn revoke_api_key(&self, ctx: &Ctx, partner: Uuid, key: Uuid) -> StoreResult<ApiKey> {
         self.timed("partners.revoke_api_key", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 find(conn, &ctx.tenant, partner, true).await?;
                 touch(conn, &ctx.tenant, partner).await?;
                 revoke_key(conn, &ctx.tenant, partner, key).await
@@ -545,7 +551,7 @@ impl PartnerStore for PgStore {
     ) -> StoreResult<ApiKey> {
         self.timed("partners.rotate_api_key", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let revoked = {
                     credential_owner(conn, &ctx.tenant, partner, &[]).await?;
                     touch(conn, &ctx.tenant, partner).await?;
@@ -569,7 +575,7 @@ impl PartnerStore for PgStore {
     ) -> StoreResult<OAuthClient> {
         self.timed("partners.create_oauth_client", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 credential_owner(conn, &ctx.tenant, partner, &c.scopes).await?;
                 touch(conn, &ctx.tenant, partner).await?;
                 diesel::insert_into(o::table)
@@ -629,7 +635,7 @@ impl PartnerStore for PgStore {
     ) -> StoreResult<OAuthClient> {
         self.timed("partners.revoke_oauth_client", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 find(conn, &ctx.tenant, partner, true).await?;
                 touch(conn, &ctx.tenant, partner).await?;
                 let updated = diesel::update(
@@ -681,7 +687,7 @@ impl PartnerStore for PgStore {
     ) -> StoreResult<Webhook> {
         self.timed("partners.create_webhook", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 credential_owner(conn, &ctx.tenant, partner, &[]).await?;
                 touch(conn, &ctx.tenant, partner).await?;
                 let row: WebhookRow = diesel::insert_into(w::table)
@@ -724,7 +730,7 @@ impl PartnerStore for PgStore {
     async fn delete_webhook(&self, ctx: &Ctx, partner: Uuid, webhook: Uuid) -> StoreResult<()> {
         self.timed("partners.delete_webhook", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 find(conn, &ctx.tenant, partner, true).await?;
                 let n = diesel::delete(w::table.find((ctx.tenant.as_str(), partner, webhook)))
                     .execute(conn)

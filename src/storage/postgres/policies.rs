@@ -1,9 +1,10 @@
 //! Policies in PostgreSQL.
 
+use super::{tx, tx_if_copied};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::json::{JsonText, from_json, to_json};
@@ -137,12 +138,17 @@ impl PolicyStore for PgStore {
                 created_by: ctx.actor.as_str().to_owned(),
                 updated_by: None,
             };
-            diesel::insert_into(dsl::policies)
-                .values(PolicyRow::from_domain(&policy)?)
-                .returning(PolicyRow::as_returning())
-                .get_result(&mut conn)
-                .await?
-                .into_domain()
+            let row = PolicyRow::from_domain(&policy)?;
+            let written: PolicyRow = tx_if_copied(&mut conn, async |conn| {
+                diesel::insert_into(dsl::policies)
+                    .values(row)
+                    .returning(PolicyRow::as_returning())
+                    .get_result(conn)
+                    .await
+                    .map_err(StoreError::from)
+            })
+            .await?;
+            written.into_domain()
         })
         .await
     }
@@ -179,7 +185,7 @@ impl PolicyStore for PgStore {
     ) -> StoreResult<Policy> {
         self.timed("policies.update", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let mut p = find(conn, &ctx.tenant, id, true).await?;
                 if p.is_system {
                     return Err(system_policy());
@@ -217,7 +223,7 @@ impl PolicyStore for PgStore {
     async fn delete(&self, tenant: &TenantId, id: Uuid, expected: Option<i64>) -> StoreResult<()> {
         self.timed("policies.delete", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let p = find(conn, tenant, id, true).await?;
                 if p.is_system {
                     return Err(system_policy());

@@ -1,10 +1,11 @@
 //! PostgreSQL as a replica: versioned upserts of whole records (never moving a row
 //! backwards), and the durable divergence log of failed secondary writes.
 
+use super::tx;
 use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::upsert::excluded;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::PgStore;
@@ -351,8 +352,7 @@ impl Replica for PgStore {
     async fn upsert(&self, record: &Record) -> StoreResult<bool> {
         self.timed("replica.upsert", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| upsert_record(conn, record).await)
-                .await
+            tx(&mut conn, async |conn| upsert_record(conn, record).await).await
         })
         .await
     }
@@ -360,8 +360,10 @@ impl Replica for PgStore {
     async fn overwrite(&self, record: &Record) -> StoreResult<()> {
         self.timed("replica.overwrite", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| write_record(conn, record, true).await)
-                .await?;
+            tx(&mut conn, async |conn| {
+                write_record(conn, record, true).await
+            })
+            .await?;
             Ok(())
         })
         .await
@@ -373,8 +375,10 @@ impl Replica for PgStore {
     async fn remove(&self, key: &RecordKey) -> StoreResult<()> {
         self.timed("replica.remove", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| remove_with_tombstone(conn, key).await)
-                .await
+            tx(&mut conn, async |conn| {
+                remove_with_tombstone(conn, key).await
+            })
+            .await
         })
         .await
     }
@@ -473,15 +477,16 @@ impl DivergenceLog for PgStore {
 
 #[async_trait]
 impl Outbox for PgStore {
-    /// Intents and their deletion are committed asynchronously (no WAL flush of their
-    /// own): an intent is written before the write it follows, whose synchronous commit
-    /// flushes it too; a lost deletion only means a harmless replay.
-    fn durable_with_next_write(&self) -> bool {
+    /// An intent is inserted by the write's own transaction (tx.rs). The deletion of
+    /// intents is committed asynchronously (no WAL flush of its own): a lost deletion
+    /// only means a harmless replay.
+    fn commits_with_the_write(&self) -> bool {
         true
     }
 
+    /// An intent on its own (a write that committed no transaction), durably.
     async fn intend(&self, intent: &Intent) -> StoreResult<()> {
-        let mut conn = self.outbox_conn().await?;
+        let mut conn = self.conn().await?;
         diesel::insert_into(ro::table)
             .values((
                 ro::intent_id.eq(intent.id),

@@ -1,9 +1,10 @@
 //! Roles in PostgreSQL, with their ordered policies in `role_policies`.
 
+use super::tx;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::schema::roles::{self, dsl};
@@ -196,7 +197,7 @@ impl RoleStore for PgStore {
     async fn create(&self, ctx: &Ctx, new: NewRole) -> StoreResult<Role> {
         self.timed("roles.create", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let now = Utc::now();
                 let role = Role {
                     tenant_id: ctx.tenant.clone(),
@@ -258,7 +259,7 @@ impl RoleStore for PgStore {
     ) -> StoreResult<Role> {
         self.timed("roles.update", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let mut r = find(conn, &ctx.tenant, id, true).await?;
                 if r.is_system {
                     return Err(system_role());
@@ -295,7 +296,7 @@ impl RoleStore for PgStore {
     async fn delete(&self, tenant: &TenantId, id: Uuid, expected: Option<i64>) -> StoreResult<()> {
         self.timed("roles.delete", async {
             let mut conn = self.conn().await?;
-            conn.transaction(async |conn| {
+            tx(&mut conn, async |conn| {
                 let r = find(conn, tenant, id, true).await?;
                 if r.is_system {
                     return Err(system_role());
