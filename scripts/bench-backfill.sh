@@ -39,7 +39,7 @@ for size in $SIZES; do
   $LOAD pg-upsert --rows "$size" --database-url "postgres://postgres@127.0.0.1:5432/${DB}_raw"
   psql_ -c "DROP DATABASE ${DB}_raw"
   /usr/bin/time -f "backfill peak RSS: %M KB, wall %e s" \
-    $BIN backfill run --segments "$SEGMENTS" --page-size "$PAGE" --progress lines --progress-interval 5
+    $BIN backfill run --segments "$SEGMENTS" --page-size "$PAGE" --progress lines --progress-interval "${PROGRESS_INTERVAL:-5}"
   $BIN verify --segments "$SEGMENTS" | tail -1
   $LOAD drop-legacy
 done
