@@ -85,12 +85,13 @@ pub(super) async fn load_page(
                     resolved.push(key.clone());
                     ready.push((key.clone(), *item, *record));
                 }
+                // Counted and recorded once, when first deferred by the scan; in the
+                // deferred pass its row simply stays for the next round.
                 Prepared::Defer { waits_for } if !final_round => {
-                    // Counted once, when first deferred by the scan.
                     if segment != DEFERRED_PASS {
                         out.deferred += 1;
+                        deferred.push((key.clone(), waits_for, item_json(item).to_string()));
                     }
-                    deferred.push((key.clone(), waits_for, item_json(item).to_string()));
                 }
                 Prepared::Defer { waits_for } => {
                     out.quarantined += 1;
