@@ -265,4 +265,22 @@ mod tests {
         assert!(config(&[("PGSSL", "true")]).unwrap().pool.tls.is_some());
         assert!(config(&[("PGSSL", "maybe")]).is_err());
     }
+
+    #[test]
+    fn the_dynamodb_index_settle_time_defaults_to_a_second_and_is_bounded() {
+        let settle = |env: &[(&str, &str)]| {
+            let mut all = vec![("DYNAMODB_ENDPOINT", "http://127.0.0.1:8765")];
+            all.extend_from_slice(env);
+            config(&all).map(|c| c.storage.dynamodb.expect("dynamodb").index_settle)
+        };
+        assert_eq!(settle(&[]).unwrap(), std::time::Duration::from_secs(1));
+        let slow = [("GCDR_DYNAMODB_INDEX_SETTLE_MS", "5000")];
+        assert_eq!(settle(&slow).unwrap(), std::time::Duration::from_secs(5));
+        for bad in ["-1", "soon", "600000"] {
+            assert!(
+                settle(&[("GCDR_DYNAMODB_INDEX_SETTLE_MS", bad)]).is_err(),
+                "{bad}"
+            );
+        }
+    }
 }

@@ -516,10 +516,12 @@ impl Router {
         let (done, noted) = if outbox.commits_with_the_write() {
             // PostgreSQL: in the write's own transaction. A successful write that
             // committed none (it has no transaction) notes its intent now.
+            // A failed write that committed none has no intent to clear.
             let (done, committed) = super::postgres::with_intent(&intent, write).await;
-            let noted = match &done {
-                Ok(_) if !committed => outbox.intend(&intent).await,
-                _ => Ok(()),
+            let noted = match (&done, committed) {
+                (_, true) => Some(Ok(())),
+                (Ok(_), false) => Some(outbox.intend(&intent).await),
+                (Err(_), false) => None,
             };
             (done, noted)
         } else {
@@ -530,12 +532,13 @@ impl Router {
             let (done, noted) = tokio::join!(write, noting);
             (
                 done,
-                noted.unwrap_or_else(|e| Err(StoreError::Internal(e.into()))),
+                Some(noted.unwrap_or_else(|e| Err(StoreError::Internal(e.into())))),
             )
         };
         let noted = match noted {
-            Ok(()) => true,
-            Err(e) => {
+            None => false,
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
                 self.metrics.incr(
                     "outbox_write_failed",
                     &[("store", r.mode.primary().as_str())],
