@@ -493,8 +493,9 @@ impl Router {
     /// primary's outbox while the write runs (PostgreSQL: in the write's transaction,
     /// see [`Outbox::commits_with_the_write`]), and both are awaited before the call
     /// returns: a copy still queued when the process dies is replayed after restart.
-    /// An intent that cannot be written is counted and logged; the call still
-    /// succeeds and the copy is still queued.
+    /// DynamoDB: an intent that cannot be written is counted and logged; the call
+    /// still succeeds and the copy is still queued. PostgreSQL: it fails the write,
+    /// being part of its transaction.
     async fn write<T>(
         &self,
         r: &Route<'_>,

@@ -461,5 +461,34 @@ async fn a_postgres_intent_commits_with_its_write_and_only_with_it() {
     .await;
     done.expect("a policy");
     assert!(committed);
-    assert_eq!(pending().await.len(), 2);
+    let now = pending().await;
+    assert_eq!(now.len(), 2);
+    assert!(now.contains(&with_policy), "{now:?}");
+
+    // An intent that cannot be inserted fails its write, and leaves the connection
+    // usable (PostgreSQL's aborted transaction is rolled back): one connection only.
+    let one = PoolConfig {
+        max_size: 1,
+        min_idle: Some(1),
+        ..PoolConfig::default()
+    };
+    let single = PgStore::connect(&db, &one).await.unwrap();
+    let mut conn = single.conn().await.unwrap();
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query("ALTER TABLE replication_outbox RENAME TO outbox_away"),
+        &mut conn,
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let lost = new(None);
+    let (done, committed) = with_intent(&intent_for(lost.id.0), single.create(&ctx, lost)).await;
+    assert!(
+        done.is_err() && !committed,
+        "a write without its intent: {done:?}"
+    );
+    single
+        .create(&ctx, new(None))
+        .await
+        .expect("the connection still works after the failed intent");
 }

@@ -1841,3 +1841,70 @@ async fn dynamodb_a_move_and_a_create_never_share_a_code_in_the_destination() {
         "rounds where two assets of one customer share a code"
     );
 }
+
+/// DynamoDB authoritative: legacy data can hold one code twice under a customer (the
+/// legacy service never checked). A move of such a subtree to another customer would
+/// put the code there twice: it is refused, as PostgreSQL's constraint refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_subtree_holding_a_code_twice_does_not_move_to_another_customer() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let s = &ModeServer::start(StorageMode::Dynamodb).await;
+    let t = "tenant-a";
+    let r1 = new_customer(s, t, None).await.unwrap();
+    let r2 = new_customer(s, t, None).await.unwrap();
+    let b = new_asset(s, t, r1.id.clone(), None, "TWICE".into()).await;
+    // A legacy room under the building with the building's own code.
+    let table = s.dynamo.tables().assets.clone();
+    let mut room = s
+        .dynamo
+        .client()
+        .get_item()
+        .table_name(&table)
+        .key("tenantId", AttributeValue::S(t.into()))
+        .key("id", AttributeValue::S(b.id.clone()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("the building's item");
+    let room_id = Uuid::new_v4().to_string();
+    let path = format!("{}/{room_id}", b.path);
+    for (k, v) in [
+        ("id", room_id.clone()),
+        ("parentAssetId", b.id.clone()),
+        ("path", path),
+        ("type", "ROOM".into()),
+    ] {
+        room.insert(k.into(), AttributeValue::S(v));
+    }
+    room.insert("depth".into(), AttributeValue::N("1".into()));
+    s.dynamo
+        .client()
+        .put_item()
+        .table_name(&table)
+        .set_item(Some(room))
+        .send()
+        .await
+        .unwrap();
+    let moved = s
+        .assets()
+        .move_asset(req(
+            t,
+            pb::MoveAssetRequest {
+                id: b.id.clone(),
+                destination: Some(pb::move_asset_request::Destination::ToRoot(true)),
+                new_customer_id: Some(r2.id.clone()),
+                expected_version: None,
+            },
+        ))
+        .await;
+    let e = moved.expect_err("two assets with one code moved into one customer");
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    let room = s
+        .assets()
+        .get_asset(req(t, pb::GetAssetRequest { id: room_id }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(room.customer_id, r1.id, "nothing moved");
+}

@@ -85,13 +85,14 @@ pub(super) async fn load_page(
                     resolved.push(key.clone());
                     ready.push((key.clone(), *item, *record));
                 }
-                // Counted and recorded once, when first deferred by the scan; in the
-                // deferred pass its row simply stays for the next round.
+                // Counted once, when first deferred by the scan. In the deferred pass
+                // its row stays for the next round (`defer` only fills in an item the
+                // row lacks, read again from DynamoDB).
                 Prepared::Defer { waits_for } if !final_round => {
                     if segment != DEFERRED_PASS {
                         out.deferred += 1;
-                        deferred.push((key.clone(), waits_for, item_json(item).to_string()));
                     }
+                    deferred.push((key.clone(), waits_for, *item));
                 }
                 Prepared::Defer { waits_for } => {
                     out.quarantined += 1;
@@ -184,7 +185,7 @@ pub(super) async fn load_page(
             }
         }
         forget_ledger(conn, entity, &clean, &ready).await?;
-        defer(conn, &run_id, entity, &deferred).await?;
+        defer(conn, &run_id, entity, &deferred, segment != DEFERRED_PASS).await?;
         if segment == DEFERRED_PASS {
             undefer(conn, &run_id, entity, &resolved).await?;
         }
@@ -276,16 +277,28 @@ pub(super) async fn forget_ledger(
 }
 
 /// Records items waiting for their parent: key, the parent awaited, and the item as
-/// read (DynamoDB JSON), which the deferred pass loads without reading it again.
+/// read (DynamoDB JSON), which the deferred pass loads without reading it again. A
+/// row already there is rewritten when `rewrite` (the scan read the item again, after
+/// a resume), else only given the item it lacks.
 pub(super) async fn defer(
     conn: &mut AsyncPgConnection,
     run_id: &str,
     entity: Entity,
-    items: &[(ledger::LedgerKey, String, String)],
+    deferred: &[(ledger::LedgerKey, String, &Item)],
+    rewrite: bool,
 ) -> StoreResult<()> {
-    if items.is_empty() {
+    if deferred.is_empty() {
         return Ok(());
     }
+    let texts: Vec<String> = deferred
+        .iter()
+        .map(|(_, _, item)| item_json(item).to_string())
+        .collect();
+    let items: Vec<(&ledger::LedgerKey, &String, &String)> = deferred
+        .iter()
+        .zip(&texts)
+        .map(|((k, w, _), j)| (k, w, j))
+        .collect();
     let tenants: Vec<&str> = items.iter().map(|(k, _, _)| k.0.as_str()).collect();
     let ids: Vec<&str> = items.iter().map(|(k, _, _)| k.1.as_str()).collect();
     let waits: Vec<&str> = items.iter().map(|(_, w, _)| w.as_str()).collect();
@@ -295,7 +308,8 @@ pub(super) async fn defer(
          SELECT $1, $2, t, i, w, j \
          FROM unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS k(t, i, w, j) \
          ON CONFLICT (run_id, entity, tenant_id, id) \
-         DO UPDATE SET waits_for = excluded.waits_for, item = excluded.item",
+         DO UPDATE SET waits_for = excluded.waits_for, item = excluded.item \
+         WHERE $7 OR backfill_deferred.item IS NULL",
     )
     .bind::<Text, _>(run_id)
     .bind::<Text, _>(entity.as_str())
@@ -303,6 +317,7 @@ pub(super) async fn defer(
     .bind::<Array<Text>, _>(&ids)
     .bind::<Array<Text>, _>(&waits)
     .bind::<Array<Text>, _>(&json)
+    .bind::<Bool, _>(rewrite)
     .execute(conn)
     .await?;
     Ok(())

@@ -836,7 +836,11 @@ impl AssetStore for DynamoStore {
     /// customer still exists). Every asset write is conditional on the version read
     /// and bumps it, as in PostgreSQL.
     ///
-    /// A move of up to 98 items (descendants plus devices) is therefore atomic; a
+    /// A move to another customer also claims each moved asset's code there, in the
+    /// transaction of its asset (a code held twice in the subtree, which legacy data
+    /// can have, is refused, as PostgreSQL's constraint would).
+    ///
+    /// A move of up to 98 items (descendants, devices and claims) is therefore atomic; a
     /// larger one that fails part-way (PARTIAL_MOVE) has some descendants (with their
     /// devices) under the new path while the node is still in place, and retrying the
     /// same move finishes it. An asset or device added under the subtree meanwhile
@@ -852,7 +856,10 @@ impl AssetStore for DynamoStore {
         self.timed("assets.move", async {
             let table = &self.tables.assets;
             let (t, sid) = (ctx.tenant.as_str(), id.to_string());
-            for attempt in 0..MOVE_READS {
+            // Reads of the subtree: `attempt` counts those after a fresh mark (the
+            // index may lag), `stale_reads` those after a stale claim was dropped.
+            let (mut attempt, mut stale_reads) = (0, 0);
+            while attempt < MOVE_READS {
                 let item = self.get_item(table, t, &sid).await?.ok_or(NOT_FOUND)?;
                 let (mut node, node_mark) = (from_item(&item)?, Mark::of(&item));
                 check_version(expected, node.version)?;
@@ -895,12 +902,22 @@ impl AssetStore for DynamoStore {
                 // added later changes its parent's mark, which the writes are conditioned on.
                 let marks = std::iter::once(&node_mark).chain(descendants.iter().map(|d| &d.1));
                 if !settled(attempt, self.index_settle, marks).await? {
+                    attempt += 1;
                     continue;
                 }
                 // Codes are unique per customer: a move into a customer that already has
                 // one of the moved codes is refused, as PostgreSQL's constraint refuses it.
                 // Checked here (legacy items carry no claim), claimed with the writes.
+                // A code held twice in the subtree (legacy data) would be twice in the
+                // destination: refused too.
                 if customer_changes {
+                    let mut moved = HashSet::new();
+                    if !std::iter::once(&node.code)
+                        .chain(descendants.iter().map(|d| &d.0.code))
+                        .all(|c| moved.insert(c))
+                    {
+                        return Err(code_taken());
+                    }
                     let q = Query::index_eq(
                         table,
                         "gsi-customer",
@@ -1025,6 +1042,11 @@ impl AssetStore for DynamoStore {
                 }
                 if !stale {
                     return Err(cancelled.into_error());
+                }
+                // Claims are dropped chunk by chunk: a few reads more, then give up.
+                stale_reads += 1;
+                if stale_reads >= MOVE_READS {
+                    return Err(keeps_changing("claim on a moved code in the destination"));
                 }
             }
             Err(super::dependents::still_gaining())

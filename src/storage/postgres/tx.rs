@@ -5,7 +5,9 @@
 //! [`with_intent`]: the write's transaction then inserts the copy's row into
 //! `replication_outbox` in the statement batch that begins it (`BEGIN; INSERT ...`,
 //! one round trip), so the intent commits if and only if the write does, and costs no
-//! round trip of its own.
+//! round trip of its own (a one-statement write gets a transaction for it, one round
+//! trip more). An intent that cannot be inserted fails its write: the copy would
+//! otherwise be lost to a crash.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,7 +49,12 @@ pub async fn with_intent<T>(intent: &Intent, write: impl Future<Output = T>) -> 
 /// `BEGIN` and the insert of `intent`. Text values go in hex, so no tenant id can
 /// break out of its literal.
 fn begin_with(intent: &Intent) -> String {
-    let text = |v: &str| format!("convert_from('\\x{}'::bytea, 'UTF8')", hex(v.as_bytes()));
+    let text = |v: &str| {
+        format!(
+            "convert_from(decode('{}', 'hex'), 'UTF8')",
+            hex(v.as_bytes())
+        )
+    };
     format!(
         "BEGIN; INSERT INTO replication_outbox \
          (intent_id, tenant_id, entity, entity_id, target_store, subtree) \
@@ -97,7 +104,15 @@ where
         None
     };
     match &begin {
-        Some(sql) => AnsiTransactionManager::begin_transaction_sql(conn, sql).await?,
+        Some(sql) => {
+            if let Err(e) = AnsiTransactionManager::begin_transaction_sql(conn, sql).await {
+                // BEGIN may have run and the insert failed: PostgreSQL then holds an
+                // aborted transaction that diesel does not know of, which would fail
+                // every later statement on this pooled connection.
+                let _ = diesel_async::SimpleAsyncConnection::batch_execute(conn, "ROLLBACK").await;
+                return Err(e.into());
+            }
+        }
         None => AnsiTransactionManager::begin_transaction(conn).await?,
     }
     match body(&mut *conn).await {
