@@ -1393,6 +1393,23 @@ async fn new_asset(
     s.assets().create_asset(request).await.unwrap().into_inner()
 }
 
+/// Moves asset `id` to the root of `customer`'s assets.
+async fn move_to_root_of(
+    s: &ModeServer,
+    tenant: &str,
+    id: &str,
+    customer: &str,
+) -> Result<pb::Asset, tonic::Status> {
+    let request = pb::MoveAssetRequest {
+        id: id.to_owned(),
+        destination: Some(pb::move_asset_request::Destination::ToRoot(true)),
+        new_customer_id: Some(customer.to_owned()),
+        expected_version: None,
+    };
+    let moved = s.assets().move_asset(req(tenant, request)).await;
+    moved.map(tonic::Response::into_inner)
+}
+
 /// Creates a customer with a unique code (generated codes of concurrent creates would
 /// contend), under `parent` when given.
 async fn new_customer(
@@ -1629,16 +1646,8 @@ async fn dynamodb_a_dependent_added_during_a_move_follows_the_subtree() {
         let b = asset(r1.id.clone(), None, format!("B-{i}")).await;
         let y = asset(r1.id.clone(), Some(b.id.clone()), format!("Y-{i}")).await;
         settled().await;
-        let (mut devices, mut assets) = (s.devices(), s.assets());
-        let mv = assets.move_asset(req(
-            t,
-            pb::MoveAssetRequest {
-                id: b.id.clone(),
-                destination: Some(pb::move_asset_request::Destination::ToRoot(true)),
-                new_customer_id: Some(r2.id.clone()),
-                expected_version: None,
-            },
-        ));
+        let mut devices = s.devices();
+        let mv = move_to_root_of(s, t, &b.id, &r2.id);
         let add = async {
             later(10 * i).await;
             devices.create_device(req(t, new_meter(&y.id))).await
@@ -1751,16 +1760,7 @@ async fn dynamodb_a_subtree_larger_than_one_transaction_moves_whole() {
         .buffer_unordered(8)
         .for_each(|_| async {})
         .await;
-    s.assets()
-        .move_asset(req(
-            t,
-            pb::MoveAssetRequest {
-                id: building.id.clone(),
-                destination: Some(pb::move_asset_request::Destination::ToRoot(true)),
-                new_customer_id: Some(r2.id.clone()),
-                expected_version: None,
-            },
-        ))
+    move_to_root_of(s, t, &building.id, &r2.id)
         .await
         .expect("a large asset subtree moves to another customer");
     let rooms = s
@@ -1801,16 +1801,7 @@ async fn dynamodb_a_move_and_a_create_never_share_a_code_in_the_destination() {
         new_asset(s, t, r1.id.clone(), Some(b.id.clone()), code.clone()).await;
         // Older than the index lag, so that the move does not wait and re-read.
         tokio::time::sleep(Duration::from_millis(1200)).await;
-        let mut assets = s.assets();
-        let mv = assets.move_asset(req(
-            t,
-            pb::MoveAssetRequest {
-                id: b.id.clone(),
-                destination: Some(pb::move_asset_request::Destination::ToRoot(true)),
-                new_customer_id: Some(r2.id.clone()),
-                expected_version: None,
-            },
-        ));
+        let mv = move_to_root_of(s, t, &b.id, &r2.id);
         // The create starts a little later each round, to land at every point of the
         // move (between its check of the destination's codes and its writes).
         let create = async {
@@ -1886,18 +1877,7 @@ async fn dynamodb_a_subtree_holding_a_code_twice_does_not_move_to_another_custom
         .send()
         .await
         .unwrap();
-    let moved = s
-        .assets()
-        .move_asset(req(
-            t,
-            pb::MoveAssetRequest {
-                id: b.id.clone(),
-                destination: Some(pb::move_asset_request::Destination::ToRoot(true)),
-                new_customer_id: Some(r2.id.clone()),
-                expected_version: None,
-            },
-        ))
-        .await;
+    let moved = move_to_root_of(s, t, &b.id, &r2.id).await;
     let e = moved.expect_err("two assets with one code moved into one customer");
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
     let room = s
