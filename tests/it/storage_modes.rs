@@ -1888,3 +1888,33 @@ async fn dynamodb_a_subtree_holding_a_code_twice_does_not_move_to_another_custom
         .into_inner();
     assert_eq!(room.customer_id, r1.id, "nothing moved");
 }
+
+/// DynamoDB authoritative: GSIs lag their table, so a delete whose parent gained a
+/// dependent less than the index settle time ago (`GCDR_DYNAMODB_INDEX_SETTLE_MS`)
+/// waits that out before looking for dependents. moto's indexes do not lag, so what
+/// is observed here is the wait itself, with the configured time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_delete_waits_out_the_index_lag_after_a_new_dependent() {
+    const SETTLE: Duration = Duration::from_millis(2500);
+    let s = &ModeServer::start_tuned(StorageMode::Dynamodb, &dynamo_url(), |settings| {
+        settings.dynamodb.as_mut().expect("dynamodb").index_settle = SETTLE;
+    })
+    .await;
+    let t = "tenant-a";
+    let parent = new_customer(s, t, None).await.unwrap();
+    new_customer(s, t, Some(parent.id.clone())).await.unwrap();
+    let added = std::time::Instant::now();
+    let request = pb::DeleteCustomerRequest {
+        id: parent.id.clone(),
+        expected_version: None,
+    };
+    let deleted = s.customers().delete_customer(req(t, request)).await;
+    let waited = added.elapsed();
+    let e = deleted.expect_err("a customer with a child is deleted");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    // The mark was set just before the child's create returned; allow for that.
+    assert!(
+        waited >= SETTLE - Duration::from_secs(1),
+        "the delete looked for dependents after {waited:?}, before the index settled"
+    );
+}
