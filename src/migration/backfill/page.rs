@@ -290,19 +290,13 @@ pub(super) async fn defer(
     if deferred.is_empty() {
         return Ok(());
     }
-    let texts: Vec<String> = deferred
+    let tenants: Vec<&str> = deferred.iter().map(|(k, _, _)| k.0.as_str()).collect();
+    let ids: Vec<&str> = deferred.iter().map(|(k, _, _)| k.1.as_str()).collect();
+    let waits: Vec<&str> = deferred.iter().map(|(_, w, _)| w.as_str()).collect();
+    let json: Vec<String> = deferred
         .iter()
         .map(|(_, _, item)| item_json(item).to_string())
         .collect();
-    let items: Vec<(&ledger::LedgerKey, &String, &String)> = deferred
-        .iter()
-        .zip(&texts)
-        .map(|((k, w, _), j)| (k, w, j))
-        .collect();
-    let tenants: Vec<&str> = items.iter().map(|(k, _, _)| k.0.as_str()).collect();
-    let ids: Vec<&str> = items.iter().map(|(k, _, _)| k.1.as_str()).collect();
-    let waits: Vec<&str> = items.iter().map(|(_, w, _)| w.as_str()).collect();
-    let json: Vec<&str> = items.iter().map(|(_, _, j)| j.as_str()).collect();
     diesel::sql_query(
         "INSERT INTO backfill_deferred (run_id, entity, tenant_id, id, waits_for, item) \
          SELECT $1, $2, t, i, w, j \

@@ -911,11 +911,10 @@ impl AssetStore for DynamoStore {
                 // A code held twice in the subtree (legacy data) would be twice in the
                 // destination: refused too.
                 if customer_changes {
-                    let mut moved = HashSet::new();
-                    if !std::iter::once(&node.code)
+                    let codes: Vec<&String> = std::iter::once(&node.code)
                         .chain(descendants.iter().map(|d| &d.0.code))
-                        .all(|c| moved.insert(c))
-                    {
+                        .collect();
+                    if codes.iter().collect::<HashSet<_>>().len() < codes.len() {
                         return Err(code_taken());
                     }
                     let q = Query::index_eq(
@@ -931,10 +930,7 @@ impl AssetStore for DynamoStore {
                         .iter()
                         .filter_map(|i| i.get("code").and_then(|v| v.as_s().ok()).cloned())
                         .collect();
-                    if std::iter::once(&node.code)
-                        .chain(descendants.iter().map(|d| &d.0.code))
-                        .any(|c| held.contains(c))
-                    {
+                    if codes.iter().any(|c| held.contains(*c)) {
                         return Err(code_taken());
                     }
                 }

@@ -15,7 +15,6 @@ mod access;
 mod assets;
 mod customers;
 mod dependents;
-pub use dependents::INDEX_SETTLE;
 mod devices;
 mod item;
 mod partners;
@@ -33,6 +32,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use super::{HealthProbe, StoreError, StoreResult};
 use super::{bad_cursor, check_version, first_free_code};
 
+pub use dependents::INDEX_SETTLE;
 pub use item::{Item, ItemReader, ItemWriter, from_attr, to_attr};
 pub use replica::{differing_fields, record_item};
 pub use scan::{ScanKey, ScanPage, item_from_json, item_json, record_from_item};

@@ -1,6 +1,5 @@
 //! Assets in PostgreSQL: row type, conversions and the `AssetStore` impl.
 
-use super::tx;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -12,6 +11,7 @@ use super::json::{JsonText, from_json, to_json};
 use super::schema::assets::{self, dsl};
 use super::schema::customers::dsl as c;
 use super::schema::devices::dsl as d;
+use super::tx;
 use super::{PgStore, bad_cursor, check_version};
 use crate::domain::asset::{
     Asset, AssetDestination, AssetFilter, AssetPatch, AssetType, NewAsset, asset_path,

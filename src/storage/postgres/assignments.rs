@@ -1,7 +1,6 @@
 //! Role assignments in PostgreSQL, and what authorization reads: the grants of a user
 //! and the ancestry of a resource in the hierarchy.
 
-use super::tx;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -11,6 +10,7 @@ use uuid::Uuid;
 
 use super::schema::role_assignments::{self, dsl};
 use super::schema::{policies, role_policies, roles};
+use super::tx;
 use super::{PgStore, bad_cursor};
 use crate::domain::access::requests::{AssignmentFilter, NewAssignment};
 use crate::domain::access::{AssignmentStatus, Grant, PolicyRules, RoleAssignment};

@@ -1,6 +1,5 @@
 //! Customers in PostgreSQL: row type, conversions and the `CustomerStore` impl.
 
-use super::tx;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -10,6 +9,7 @@ use uuid::Uuid;
 use super::hierarchy::{self, Tree};
 use super::json::{JsonText, from_json, to_json};
 use super::schema::customers::{self, dsl};
+use super::tx;
 use super::{PgStore, check_version};
 use crate::domain::customer::customer_path;
 use crate::domain::customer::{

@@ -1,6 +1,5 @@
 //! Devices in PostgreSQL: row type, conversions and the `DeviceStore` impl.
 
-use super::tx;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -11,6 +10,7 @@ use super::hierarchy::{self, Tree};
 use super::json::{JsonText, from_json, to_json};
 use super::schema::assets::dsl as a;
 use super::schema::devices::{self, dsl};
+use super::tx;
 use super::{PgStore, bad_cursor, check_version};
 use crate::domain::device::{
     ConnectivityStatus, Device, DeviceFilter, DevicePatch, DeviceType, NewDevice,

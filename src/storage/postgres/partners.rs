@@ -1,7 +1,6 @@
 //! Partners and their credentials in PostgreSQL. Credential tables hold only hashes;
 //! their row types have no field for a secret to leak from.
 
-use super::{tx, tx_if_copied};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -12,6 +11,7 @@ use super::json::{JsonText, from_json, to_json};
 use super::schema::partners::{self, dsl};
 use super::schema::{partner_api_keys as k, partner_oauth_clients as o, partner_webhooks as w};
 use super::{PgStore, bad_cursor, check_version};
+use super::{tx, tx_if_copied};
 use crate::domain::partner::{
     ApiKey, CredentialStatus, LifecycleAction, NewApiKey, NewOAuthClient, NewPartner, NewWebhook,
     OAuthClient, Partner, PartnerPatch, PartnerProfile, PartnerRecord, PartnerStatus, Webhook,

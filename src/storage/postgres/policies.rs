@@ -1,6 +1,5 @@
 //! Policies in PostgreSQL.
 
-use super::{tx, tx_if_copied};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -11,6 +10,7 @@ use super::json::{JsonText, from_json, to_json};
 use super::schema::policies::{self, dsl};
 use super::schema::{role_policies, roles};
 use super::{PgStore, bad_cursor, check_version};
+use super::{tx, tx_if_copied};
 use crate::domain::access::requests::{AccessFilter, NewPolicy, PolicyPatch};
 use crate::domain::access::{Policy, RiskLevel};
 use crate::domain::customer::set;

@@ -1,7 +1,6 @@
 //! PostgreSQL as a replica: versioned upserts of whole records (never moving a row
 //! backwards), and the durable divergence log of failed secondary writes.
 
-use super::tx;
 use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::upsert::excluded;
@@ -19,6 +18,7 @@ use super::schema::{
     assets, customers, devices, policies, replication_divergence as rd, replication_outbox as ro,
     role_assignments, role_policies, roles,
 };
+use super::tx;
 use crate::domain::access::{Role, RoleAssignment};
 use crate::domain::{AssetId, CustomerId, DeviceId, TenantId};
 use crate::storage::mode::Backend;

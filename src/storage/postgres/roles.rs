@@ -1,6 +1,5 @@
 //! Roles in PostgreSQL, with their ordered policies in `role_policies`.
 
-use super::tx;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -9,6 +8,7 @@ use uuid::Uuid;
 
 use super::schema::roles::{self, dsl};
 use super::schema::{policies, role_assignments, role_policies};
+use super::tx;
 use super::{PgStore, bad_cursor, check_version};
 use crate::domain::access::requests::{AccessFilter, NewRole, RolePatch};
 use crate::domain::access::{RiskLevel, Role};
