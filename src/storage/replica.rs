@@ -192,14 +192,6 @@ pub trait Outbox: Send + Sync {
     /// Writes one intent, durable on return.
     async fn intend(&self, intent: &Intent) -> StoreResult<()>;
 
-    /// `true`: the store commits an intent in the transaction of the write it follows
-    /// (PostgreSQL, [`crate::storage::postgres::with_intent`]), so it commits if and only
-    /// if the write does. `false`: it is written alongside the write, with
-    /// [`Outbox::intend`].
-    fn commits_with_the_write(&self) -> bool {
-        false
-    }
-
     /// Deletes intents (absent ones are ignored).
     async fn clear(&self, intents: &[Intent]) -> StoreResult<()>;
 

@@ -490,12 +490,13 @@ impl Router {
 
     /// Runs `write` on the route's primary store and, in a dual mode, queues its copy
     /// (`op` of the result) to the secondary. The copy's intent is written to the
-    /// primary's outbox while the write runs (PostgreSQL: in the write's transaction,
-    /// see [`Outbox::commits_with_the_write`]), and both are awaited before the call
-    /// returns: a copy still queued when the process dies is replayed after restart.
-    /// DynamoDB: an intent that cannot be written is counted and logged; the call
-    /// still succeeds and the copy is still queued. PostgreSQL: it fails the write,
-    /// being part of its transaction.
+    /// primary's outbox with the write, and before the call returns, so a copy still
+    /// queued when the process dies is replayed after restart: PostgreSQL inserts it
+    /// in the write's transaction (`postgres::with_intent`); DynamoDB puts it in the
+    /// write's TransactWriteItems, or alongside its UpdateItem or DeleteItem
+    /// (`dynamodb::with_intent`). An intent inside the write's transaction fails the
+    /// write with it; one written alongside that fails is counted and logged, and the
+    /// call still succeeds with its copy queued.
     async fn write<T>(
         &self,
         r: &Route<'_>,
@@ -514,27 +515,20 @@ impl Router {
             subtree,
         };
         let outbox = &r.primary.outbox;
-        let (done, noted) = if outbox.commits_with_the_write() {
-            // PostgreSQL: in the write's own transaction. A successful write that
-            // committed none (it has no transaction) notes its intent now.
-            // A failed write that committed none has no intent to clear.
-            let (done, committed) = super::postgres::with_intent(&intent, write).await;
-            let noted = match (&done, committed) {
-                (_, true) => Some(Ok(())),
-                (Ok(_), false) => Some(outbox.intend(&intent).await),
-                (Err(_), false) => None,
-            };
-            (done, noted)
-        } else {
-            // Spawned, so the intent is written even when the caller is cancelled
-            // after the write went out.
-            let (outbox, copy) = (outbox.clone(), intent.clone());
-            let noting = tokio::spawn(async move { outbox.intend(&copy).await });
-            let (done, noted) = tokio::join!(write, noting);
-            (
-                done,
-                Some(noted.unwrap_or_else(|e| Err(StoreError::Internal(e.into())))),
-            )
+        let (done, noted) = match r.mode.primary() {
+            Backend::Postgres => {
+                // A successful write that committed none (it has no transaction)
+                // notes its intent now. A failed write that committed none has no
+                // intent to clear.
+                let (done, committed) = super::postgres::with_intent(&intent, write).await;
+                let noted = match (&done, committed) {
+                    (_, true) => Some(Ok(())),
+                    (Ok(_), false) => Some(outbox.intend(&intent).await),
+                    (Err(_), false) => None,
+                };
+                (done, noted)
+            }
+            Backend::Dynamodb => super::dynamodb::with_intent(&intent, outbox.clone(), write).await,
         };
         let noted = match noted {
             None => false,

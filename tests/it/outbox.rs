@@ -492,3 +492,116 @@ async fn a_postgres_intent_commits_with_its_write_and_only_with_it() {
         .await
         .expect("the connection still works after the failed intent");
 }
+
+/// DynamoDB authoritative: a write's copy intent rides in the write's own
+/// TransactWriteItems (a create), so it commits if and only if the write does; an
+/// UpdateItem has it put alongside. With the outbox table gone, the create fails as a
+/// whole (nothing written) and the update succeeds with its intent's failure reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamodb_intent_rides_in_the_writes_transaction() {
+    use std::sync::Arc;
+
+    use gcdr_data::domain::customer::{CustomerPatch, CustomerType, NewCustomer, Settings};
+    use gcdr_data::domain::{Actor, Ctx, CustomerId, TenantId};
+    use gcdr_data::storage::CustomerStore;
+    use gcdr_data::storage::dynamodb::with_intent;
+
+    let stage = format!("t{}", Uuid::new_v4().simple());
+    let dynamo = DynamoStore::connect(&dynamo_config(&dynamo_url(), &stage)).await;
+    create_tables(dynamo.client(), dynamo.tables())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "no DynamoDB emulator at {} ({e}): `bash scripts/ensure-dynamodb.sh` starts one",
+                dynamo_url()
+            )
+        });
+    let outbox: Arc<dyn Outbox> = Arc::new(dynamo.clone());
+    let ctx = Ctx {
+        tenant: TenantId::parse(T).unwrap(),
+        actor: Actor::system(),
+    };
+    let new = |parent: Option<CustomerId>| NewCustomer {
+        id: CustomerId(Uuid::new_v4()),
+        parent_id: parent,
+        name: "Acme".into(),
+        display_name: "Acme".into(),
+        code: None,
+        kind: CustomerType::Company,
+        email: None,
+        phone: None,
+        address: None,
+        settings: Settings::default(),
+        metadata: Default::default(),
+    };
+    let intent_for = |id: Uuid| Intent {
+        id: Uuid::new_v4(),
+        key: key(Entity::Customer, T, &id.to_string()),
+        target: Backend::Postgres,
+        subtree: false,
+    };
+    let pending = || async { Outbox::stale(&dynamo, Duration::ZERO, 100).await.unwrap() };
+    let rename = |id: CustomerId, name: &str| {
+        let patch = CustomerPatch {
+            name: Some(name.into()),
+            ..Default::default()
+        };
+        dynamo.update(&ctx, id, patch, None)
+    };
+
+    // Refused before anything is written (no such parent): no intent.
+    let orphan = new(Some(CustomerId(Uuid::new_v4())));
+    let refused = intent_for(orphan.id.0);
+    let (done, noted) = with_intent(&refused, outbox.clone(), dynamo.create(&ctx, orphan)).await;
+    assert!(done.is_err(), "a customer under a missing parent: {done:?}");
+    assert!(noted.is_none(), "{noted:?}");
+    assert_eq!(pending().await, Vec::<Intent>::new());
+
+    // Committed: its intent, and only that one.
+    let root = new(None);
+    let root_id = root.id;
+    let kept = intent_for(root_id.0);
+    let (done, noted) = with_intent(&kept, outbox.clone(), dynamo.create(&ctx, root)).await;
+    done.expect("a root customer");
+    assert!(matches!(noted, Some(Ok(()))), "{noted:?}");
+    assert_eq!(pending().await, vec![kept.clone()]);
+
+    // An update (one UpdateItem): its intent is put alongside.
+    let renamed = intent_for(root_id.0);
+    let (done, noted) = with_intent(&renamed, outbox.clone(), rename(root_id, "Renamed")).await;
+    done.expect("an update");
+    assert!(matches!(noted, Some(Ok(()))), "{noted:?}");
+    let now = pending().await;
+    assert_eq!(now.len(), 2);
+    assert!(now.contains(&renamed), "{now:?}");
+
+    // Without the outbox table: the create's transaction fails whole, the update
+    // lands and reports its intent's failure.
+    dynamo
+        .client()
+        .delete_table()
+        .table_name(&dynamo.tables().outbox)
+        .send()
+        .await
+        .unwrap();
+    let lost = new(None);
+    let lost_id = lost.id;
+    let (done, noted) = with_intent(
+        &intent_for(lost_id.0),
+        outbox.clone(),
+        dynamo.create(&ctx, lost),
+    )
+    .await;
+    assert!(done.is_err(), "a create without its intent: {done:?}");
+    assert!(noted.is_none(), "{noted:?}");
+    let absent = dynamo.get(&ctx.tenant, lost_id).await;
+    assert!(absent.is_err(), "written without its intent: {absent:?}");
+    let (done, noted) = with_intent(
+        &intent_for(root_id.0),
+        outbox.clone(),
+        rename(root_id, "Again"),
+    )
+    .await;
+    assert_eq!(done.expect("the update itself").name, "Again");
+    assert!(matches!(noted, Some(Err(_))), "{noted:?}");
+}

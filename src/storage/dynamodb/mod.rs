@@ -16,6 +16,7 @@ mod assets;
 mod customers;
 mod dependents;
 mod devices;
+mod intent;
 mod item;
 mod partners;
 mod replica;
@@ -33,6 +34,7 @@ use super::{HealthProbe, StoreError, StoreResult};
 use super::{bad_cursor, check_version, first_free_code};
 
 pub use dependents::INDEX_SETTLE;
+pub use intent::with_intent;
 pub use item::{Item, ItemReader, ItemWriter, from_attr, to_attr};
 pub use replica::{differing_fields, record_item};
 pub use scan::{ScanKey, ScanPage, item_from_json, item_json, record_from_item};
@@ -540,8 +542,22 @@ impl DynamoStore {
 impl DynamoStore {
     /// One TransactWriteItems, sent again (up to 3 more times, after a short random
     /// pause) while it is cancelled only by a conflicting transaction on one of its
-    /// items: concurrent writes under one parent all mark that parent.
+    /// items: concurrent writes under one parent all mark that parent. Inside a dual
+    /// write ([`with_intent`]) the copy's intent rides in it when there is room.
     async fn transact_write(
+        &self,
+        mut items: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
+    ) -> Result<
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput,
+        SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError>,
+    > {
+        let rode = intent::ride(&mut items, &self.tables.outbox, TRANSACTION_LIMIT);
+        let result = self.transact_write_retried(items).await;
+        intent::landed(rode, result.is_ok());
+        result
+    }
+
+    async fn transact_write_retried(
         &self,
         items: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
     ) -> Result<
@@ -675,6 +691,7 @@ impl Overwrite {
 impl DynamoStore {
     /// Runs one overwrite; `Ok(false)` when its condition failed.
     async fn overwrite(&self, table: &str, w: Overwrite) -> StoreResult<bool> {
+        intent::alongside();
         let result = self
             .client
             .update_item()
@@ -722,6 +739,7 @@ impl DynamoStore {
         id: &str,
         version: i64,
     ) -> StoreResult<bool> {
+        intent::alongside();
         let result = self
             .client
             .delete_item()

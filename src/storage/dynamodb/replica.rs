@@ -241,13 +241,7 @@ impl DivergenceLog for DynamoStore {
 #[async_trait]
 impl Outbox for DynamoStore {
     async fn intend(&self, intent: &Intent) -> StoreResult<()> {
-        let item = super::ItemWriter::new(intent.key.tenant.as_str(), &intent.id.to_string())
-            .s("entity", intent.key.entity.as_str())
-            .s("entityId", intent.key.id.to_string())
-            .s("targetStore", intent.target.as_str())
-            .b("subtree", intent.subtree)
-            .s("createdAt", super::item::iso(super::item::now()))
-            .finish();
+        let item = super::intent::intent_item(intent);
         self.client
             .put_item()
             .table_name(&self.tables.outbox)

@@ -477,14 +477,8 @@ impl DivergenceLog for PgStore {
 
 #[async_trait]
 impl Outbox for PgStore {
-    /// An intent is inserted by the write's own transaction (tx.rs). The deletion of
-    /// intents is committed asynchronously (no WAL flush of its own): a lost deletion
-    /// only means a harmless replay.
-    fn commits_with_the_write(&self) -> bool {
-        true
-    }
-
-    /// An intent on its own (a write that committed no transaction), durably.
+    /// Dual write inserts an intent in the write's own transaction (tx.rs); this is
+    /// an intent on its own (a write that committed no transaction), durably.
     async fn intend(&self, intent: &Intent) -> StoreResult<()> {
         let mut conn = self.conn().await?;
         diesel::insert_into(ro::table)
@@ -502,6 +496,8 @@ impl Outbox for PgStore {
         Ok(())
     }
 
+    /// The deletion of intents is committed asynchronously (no WAL flush of its
+    /// own): a lost deletion only means a harmless replay.
     async fn clear(&self, intents: &[Intent]) -> StoreResult<()> {
         if intents.is_empty() {
             return Ok(());
