@@ -1788,24 +1788,38 @@ async fn dynamodb_a_subtree_larger_than_one_transaction_moves_whole() {
 /// DynamoDB authoritative: an asset moving to another customer claims its code there
 /// in the transaction that moves it, so a create of the same code in the destination,
 /// racing the move, never also succeeds (two assets of one customer with one code).
+/// The races must go both ways: the create winning some, the move others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_a_move_and_a_create_never_share_a_code_in_the_destination() {
-    const ROUNDS: usize = 24;
+    // When each round's create starts after its move: 4 ms apart through the move
+    // (~50 ms on moto), then ever later, so that on a loaded machine too the last
+    // rounds start after the move committed.
+    const DELAYS_MS: [u64; 24] = [
+        0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 64, 68, 120, 200, 350, 600,
+        1000, 1700,
+    ];
+    const ROUNDS: usize = DELAYS_MS.len();
     let s = &ModeServer::start(StorageMode::Dynamodb).await;
     let t = "tenant-a";
     let r1 = &new_customer(s, t, None).await.unwrap();
     let r2 = &new_customer(s, t, None).await.unwrap();
-    let rounds = (0..ROUNDS).map(|i| async move {
+    let setup = (0..ROUNDS).map(|i| async move {
         let code = format!("SHARED-{i}");
         let b = new_asset(s, t, r1.id.clone(), None, format!("B-{i}")).await;
         new_asset(s, t, r1.id.clone(), Some(b.id.clone()), code.clone()).await;
-        // Older than the index lag, so that the move does not wait and re-read.
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        (b, code)
+    });
+    let subtrees = futures::future::join_all(setup).await;
+    // Older than the index lag, so that no move waits and re-reads.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // One race at a time, the create starting later each round: from before the
+    // move's check of the destination's codes, through its reads and writes, to after
+    // it committed.
+    let mut outcomes = String::new();
+    for (i, (b, code)) in subtrees.into_iter().enumerate() {
         let mv = move_to_root_of(s, t, &b.id, &r2.id);
-        // The create starts a little later each round, to land at every point of the
-        // move (between its check of the destination's codes and its writes).
         let create = async {
-            tokio::time::sleep(Duration::from_millis(4 * i as u64)).await;
+            tokio::time::sleep(Duration::from_millis(DELAYS_MS[i])).await;
             let a = pb::Asset {
                 customer_id: r2.id.clone(),
                 name: "A".into(),
@@ -1817,19 +1831,25 @@ async fn dynamodb_a_move_and_a_create_never_share_a_code_in_the_destination() {
             s.assets().create_asset(request).await
         };
         let (created, moved) = tokio::join!(create, mv);
-        match (created, moved) {
-            (Ok(_), Ok(_)) => 1,
-            (Ok(_), Err(e)) | (Err(e), Ok(_)) => {
-                assert_eq!(e.code(), Code::AlreadyExists, "the loser: {e:?}");
-                0
+        outcomes.push(match (created, moved) {
+            (Ok(_), Ok(_)) => '2',
+            (Ok(_), Err(e)) | (Err(e), Ok(_)) if e.code() != Code::AlreadyExists => {
+                panic!("round {i}: the loser: {e:?}")
             }
-            (Err(a), Err(b)) => panic!("both lost: {a:?} / {b:?}"),
-        }
-    });
-    let shared: usize = futures::future::join_all(rounds).await.into_iter().sum();
-    assert_eq!(
-        shared, 0,
-        "rounds where two assets of one customer share a code"
+            (Ok(_), Err(_)) => 'c',
+            (Err(_), Ok(_)) => 'm',
+            (Err(a), Err(b)) => panic!("round {i}: both lost: {a:?} / {b:?}"),
+        });
+    }
+    // c: the create won, m: the move won, 2: both (a code held twice).
+    eprintln!("race outcomes by round: {outcomes}");
+    assert!(
+        !outcomes.contains('2'),
+        "two assets of one customer share a code: {outcomes}"
+    );
+    assert!(
+        outcomes.contains('c') && outcomes.contains('m'),
+        "the races did not go both ways: {outcomes}"
     );
 }
 
