@@ -547,9 +547,18 @@ impl Router {
             Ok(v) => v,
             Err(e) => {
                 // A definite refusal wrote nothing. After an unavailable or internal
-                // error the write may have landed (a lost connection after COMMIT):
-                // the intent stays and is replayed, which re-reads the record.
-                let refused = !matches!(e, StoreError::Unavailable(_) | StoreError::Internal(_));
+                // error the write may have landed (a lost connection after COMMIT),
+                // and a DynamoDB move stopped part way wrote its first chunks: the
+                // intent stays and is replayed, which re-reads the record (subtree).
+                let refused = !matches!(
+                    e,
+                    StoreError::Unavailable(_)
+                        | StoreError::Internal(_)
+                        | StoreError::FailedPrecondition {
+                            reason: "PARTIAL_MOVE",
+                            ..
+                        }
+                );
                 if noted && refused {
                     self.replicator.clear(r.primary, intent);
                 }
