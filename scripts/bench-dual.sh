@@ -11,6 +11,9 @@
 #       # the faster emulator (npm); it has no TransactWriteItems, which a DynamoDB-primary
 #       # create needs (the customer-code claim), so only the PostgreSQL-primary modes
 #   MODES="postgres dual_postgres_primary" bash scripts/bench-dual.sh
+#   RATE=5 SECONDS_PER_RUN=30 MODES="dynamodb dual_dynamodb_primary" bash scripts/bench-dual.sh
+#       # DynamoDB authoritative, on moto: a create is a gsi-code query (a scan of the
+#       # table on moto) and a transaction; above ~10 creates/s moto only queues
 #
 # The default emulator is moto (~500 PutItem/s here, and its index queries scan the
 # table): the paced rate must stay below what it sustains, or a mode just measures
