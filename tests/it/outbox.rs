@@ -179,16 +179,7 @@ async fn wait_converged(
 /// all, and DynamoDB ends up holding exactly what PostgreSQL holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_queued_when_the_server_is_killed_are_replayed_after_restart() {
-    let stage = format!("t{}", Uuid::new_v4().simple());
-    let dynamo = DynamoStore::connect(&dynamo_config(&dynamo_url(), &stage)).await;
-    create_tables(dynamo.client(), dynamo.tables())
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "no DynamoDB emulator at {} ({e}): `bash scripts/ensure-dynamodb.sh` starts one",
-                dynamo_url()
-            )
-        });
+    let (stage, dynamo) = fresh_tables().await;
     let db = fresh_database().await;
     let pg = PgStore::connect(&db, &PoolConfig::default()).await.unwrap();
     let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -385,36 +376,15 @@ async fn an_intent_from_before_a_mode_change_is_set_aside_not_replayed() {
 /// A one-statement write (a policy) gets a transaction for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_intent_commits_with_its_write_and_only_with_it() {
-    use gcdr_data::domain::customer::{CustomerType, NewCustomer, Settings};
-    use gcdr_data::domain::{Actor, Ctx, CustomerId, TenantId};
+    use gcdr_data::domain::CustomerId;
     use gcdr_data::storage::CustomerStore;
     use gcdr_data::storage::postgres::with_intent;
 
     let db = fresh_database().await;
     let pg = PgStore::connect(&db, &PoolConfig::default()).await.unwrap();
-    let ctx = Ctx {
-        tenant: TenantId::parse(T).unwrap(),
-        actor: Actor::system(),
-    };
-    let new = |parent: Option<CustomerId>| NewCustomer {
-        id: CustomerId(Uuid::new_v4()),
-        parent_id: parent,
-        name: "Acme".into(),
-        display_name: "Acme".into(),
-        code: None,
-        kind: CustomerType::Company,
-        email: None,
-        phone: None,
-        address: None,
-        settings: Settings::default(),
-        metadata: Default::default(),
-    };
-    let intent_for = |id: Uuid| Intent {
-        id: Uuid::new_v4(),
-        key: key(Entity::Customer, T, &id.to_string()),
-        target: Backend::Dynamodb,
-        subtree: false,
-    };
+    let ctx = system_ctx();
+    let new = new_customer;
+    let intent_for = |id: Uuid| customer_intent(id, Backend::Dynamodb);
     let pending = || async { Outbox::stale(&pg, Duration::ZERO, 100).await.unwrap() };
 
     // Refused inside its transaction (the parent is looked up there): no intent.
@@ -501,45 +471,16 @@ async fn a_postgres_intent_commits_with_its_write_and_only_with_it() {
 async fn a_dynamodb_intent_rides_in_the_writes_transaction() {
     use std::sync::Arc;
 
-    use gcdr_data::domain::customer::{CustomerPatch, CustomerType, NewCustomer, Settings};
-    use gcdr_data::domain::{Actor, Ctx, CustomerId, TenantId};
+    use gcdr_data::domain::CustomerId;
+    use gcdr_data::domain::customer::CustomerPatch;
     use gcdr_data::storage::CustomerStore;
     use gcdr_data::storage::dynamodb::with_intent;
 
-    let stage = format!("t{}", Uuid::new_v4().simple());
-    let dynamo = DynamoStore::connect(&dynamo_config(&dynamo_url(), &stage)).await;
-    create_tables(dynamo.client(), dynamo.tables())
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "no DynamoDB emulator at {} ({e}): `bash scripts/ensure-dynamodb.sh` starts one",
-                dynamo_url()
-            )
-        });
+    let (_, dynamo) = fresh_tables().await;
     let outbox: Arc<dyn Outbox> = Arc::new(dynamo.clone());
-    let ctx = Ctx {
-        tenant: TenantId::parse(T).unwrap(),
-        actor: Actor::system(),
-    };
-    let new = |parent: Option<CustomerId>| NewCustomer {
-        id: CustomerId(Uuid::new_v4()),
-        parent_id: parent,
-        name: "Acme".into(),
-        display_name: "Acme".into(),
-        code: None,
-        kind: CustomerType::Company,
-        email: None,
-        phone: None,
-        address: None,
-        settings: Settings::default(),
-        metadata: Default::default(),
-    };
-    let intent_for = |id: Uuid| Intent {
-        id: Uuid::new_v4(),
-        key: key(Entity::Customer, T, &id.to_string()),
-        target: Backend::Postgres,
-        subtree: false,
-    };
+    let ctx = system_ctx();
+    let new = new_customer;
+    let intent_for = |id: Uuid| customer_intent(id, Backend::Postgres);
     let pending = || async { Outbox::stale(&dynamo, Duration::ZERO, 100).await.unwrap() };
     let rename = |id: CustomerId, name: &str| {
         let patch = CustomerPatch {
@@ -604,4 +545,57 @@ async fn a_dynamodb_intent_rides_in_the_writes_transaction() {
     .await;
     assert_eq!(done.expect("the update itself").name, "Again");
     assert!(matches!(noted, Some(Err(_))), "{noted:?}");
+}
+
+/// A call's context in tenant `T`, as the system.
+fn system_ctx() -> gcdr_data::domain::Ctx {
+    gcdr_data::domain::Ctx {
+        tenant: gcdr_data::domain::TenantId::parse(T).unwrap(),
+        actor: gcdr_data::domain::Actor::system(),
+    }
+}
+
+/// A new company customer named Acme under `parent`, with a generated code.
+fn new_customer(
+    parent: Option<gcdr_data::domain::CustomerId>,
+) -> gcdr_data::domain::customer::NewCustomer {
+    use gcdr_data::domain::customer::{CustomerType, NewCustomer, Settings};
+    NewCustomer {
+        id: gcdr_data::domain::CustomerId(Uuid::new_v4()),
+        parent_id: parent,
+        name: "Acme".into(),
+        display_name: "Acme".into(),
+        code: None,
+        kind: CustomerType::Company,
+        email: None,
+        phone: None,
+        address: None,
+        settings: Settings::default(),
+        metadata: Default::default(),
+    }
+}
+
+/// A copy intent of customer `id` to `target`.
+fn customer_intent(id: Uuid, target: Backend) -> Intent {
+    Intent {
+        id: Uuid::new_v4(),
+        key: key(Entity::Customer, T, &id.to_string()),
+        target,
+        subtree: false,
+    }
+}
+
+/// A fresh stage's legacy tables on the emulator, and a store on them.
+async fn fresh_tables() -> (String, DynamoStore) {
+    let stage = format!("t{}", Uuid::new_v4().simple());
+    let dynamo = DynamoStore::connect(&dynamo_config(&dynamo_url(), &stage)).await;
+    create_tables(dynamo.client(), dynamo.tables())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "no DynamoDB emulator at {} ({e}): `bash scripts/ensure-dynamodb.sh` starts one",
+                dynamo_url()
+            )
+        });
+    (stage, dynamo)
 }
