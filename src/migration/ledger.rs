@@ -10,6 +10,25 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use crate::storage::StoreResult;
 use crate::storage::replica::Entity;
 
+/// A condition selecting the rows of `table` (keyed by `filter`'s columns, then
+/// `tenant_id`, `id`, as the ledger, deferral and tombstone tables are) whose keys
+/// are the pairs of the text arrays `$first` (tenants) and `$first+1` (ids): one
+/// primary-key probe per key, then the rows by their `ctid`. `(tenant_id, id) IN
+/// (SELECT * FROM unnest(...))` was planned as a hash join over every row of the
+/// entity, whatever the statistics: a scan of the whole table per page, quadratic
+/// over a run (at 300,000 items, deleting 1,000 resolved deferrals took 65 ms
+/// against 21 ms at 100,000). A DELETE through it misses a row that a concurrent
+/// transaction updates meanwhile (its ctid moves): the tables it deletes from are
+/// written only by backfill pages, one run at a time, each key in one page.
+pub(crate) fn rows_of_keys(table: &str, filter: &str, first: usize) -> String {
+    format!(
+        "ctid = ANY(ARRAY(SELECT x.ctid FROM unnest(${first}::text[], ${}::text[]) AS k(t, i) \
+         CROSS JOIN LATERAL (SELECT d.ctid FROM {table} d WHERE {filter} \
+         AND d.tenant_id = k.t AND d.id = k.i LIMIT 1) x))",
+        first + 1
+    )
+}
+
 /// A key as the ledger stores it: tenant and id, both text (a quarantined item's id
 /// may not even be a UUID).
 pub type LedgerKey = (String, String);
@@ -102,13 +121,7 @@ pub async fn repairs_for(
     entity: Entity,
     keys: &[LedgerKey],
 ) -> StoreResult<HashMap<LedgerKey, Vec<String>>> {
-    lookup(
-        conn,
-        "SELECT tenant_id, id, fields AS values FROM migration_repairs",
-        entity,
-        keys,
-    )
-    .await
+    lookup(conn, "fields", "migration_repairs", entity, keys).await
 }
 
 /// Quarantine reasons (as a one-element list) of those of `keys` that are quarantined.
@@ -117,18 +130,14 @@ pub async fn quarantined_for(
     entity: Entity,
     keys: &[LedgerKey],
 ) -> StoreResult<HashMap<LedgerKey, Vec<String>>> {
-    lookup(
-        conn,
-        "SELECT tenant_id, id, ARRAY[reason] AS values FROM migration_quarantine",
-        entity,
-        keys,
-    )
-    .await
+    lookup(conn, "ARRAY[reason]", "migration_quarantine", entity, keys).await
 }
 
+/// `values` of the rows of ledger `table` with those of `keys`.
 async fn lookup(
     conn: &mut AsyncPgConnection,
-    select: &str,
+    values: &str,
+    table: &str,
     entity: Entity,
     keys: &[LedgerKey],
 ) -> StoreResult<HashMap<LedgerKey, Vec<String>>> {
@@ -137,8 +146,8 @@ async fn lookup(
     }
     let (tenants, ids): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
     let rows: Vec<Row> = diesel::sql_query(format!(
-        "{select} WHERE entity = $1 AND (tenant_id, id) IN \
-         (SELECT * FROM unnest($2::text[], $3::text[]))"
+        "SELECT tenant_id, id, {values} AS values FROM {table} WHERE {}",
+        rows_of_keys(table, "d.entity = $1", 2)
     ))
     .bind::<Text, _>(entity.as_str())
     .bind::<Array<Text>, _>(&tenants)

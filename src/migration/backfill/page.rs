@@ -265,7 +265,7 @@ pub(super) async fn forget_ledger(
         let (t, i): (Vec<String>, Vec<String>) = keys.into_iter().cloned().unzip();
         diesel::sql_query(format!(
             "DELETE FROM {table} WHERE {}",
-            rows_of_keys(table, "d.entity = $1", 2)
+            ledger::rows_of_keys(table, "d.entity = $1", 2)
         ))
         .bind::<Text, _>(entity.as_str())
         .bind::<Array<Text>, _>(&t)
@@ -346,12 +346,11 @@ async fn removed_since(
     }
     let tenants: Vec<&str> = keyed.iter().map(|(k, _)| k.0.as_str()).collect();
     let ids: Vec<String> = keyed.iter().map(|(k, _)| tombstone_id(&k.1)).collect();
-    let found: Vec<Key> = diesel::sql_query(
-        "SELECT t.tenant_id, t.id FROM replica_tombstones t \
-         JOIN backfill_runs r ON r.run_id = $1 AND t.deleted_at >= coalesce($5, r.started_at) \
-         WHERE t.entity = $2 AND (t.tenant_id, t.id) IN \
-           (SELECT * FROM unnest($3::text[], $4::text[]))",
-    )
+    let found: Vec<Key> = diesel::sql_query(format!(
+        "SELECT tenant_id, id FROM replica_tombstones WHERE {} AND deleted_at >= \
+         (SELECT coalesce($5, started_at) FROM backfill_runs WHERE run_id = $1)",
+        ledger::rows_of_keys("replica_tombstones", "d.entity = $2", 3)
+    ))
     .bind::<Text, _>(run_id)
     .bind::<Text, _>(entity.as_str())
     .bind::<Array<Text>, _>(&tenants)
@@ -371,7 +370,7 @@ pub(super) async fn undefer(
     let (t, i): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
     diesel::sql_query(format!(
         "DELETE FROM backfill_deferred WHERE {}",
-        rows_of_keys("backfill_deferred", "d.run_id = $1 AND d.entity = $2", 3)
+        ledger::rows_of_keys("backfill_deferred", "d.run_id = $1 AND d.entity = $2", 3)
     ))
     .bind::<Text, _>(run_id)
     .bind::<Text, _>(entity.as_str())
@@ -380,23 +379,6 @@ pub(super) async fn undefer(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// A condition selecting the rows of `table` (keyed by `filter`'s columns, then
-/// `tenant_id`, `id`) whose keys are the pairs of the text arrays `$first` (tenants)
-/// and `$first+1` (ids): one primary-key probe per key, then the rows by their
-/// `ctid`. `(tenant_id, id) IN (SELECT * FROM unnest(...))` was planned as a hash
-/// join over every row of the run's entity, whatever the plan's statistics: a scan
-/// of the whole table per page, quadratic over a run (at 300,000 items, deleting
-/// 1,000 resolved deferrals took 65 ms against 21 ms at 100,000). The rows are only
-/// written by this run's own pages, so no concurrent update moves one meanwhile.
-pub(super) fn rows_of_keys(table: &str, filter: &str, first: usize) -> String {
-    format!(
-        "ctid = ANY(ARRAY(SELECT x.ctid FROM unnest(${first}::text[], ${}::text[]) AS k(t, i) \
-         CROSS JOIN LATERAL (SELECT d.ctid FROM {table} d WHERE {filter} \
-         AND d.tenant_id = k.t AND d.id = k.i LIMIT 1) x))",
-        first + 1
-    )
 }
 
 /// The item's `tenantId` and `id` as stored (empty when absent or not strings).
