@@ -64,6 +64,24 @@ pub enum StoreError {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl StoreError {
+    /// The failed write may have changed the store: an outage or internal error can
+    /// follow a commit (a lost connection after COMMIT), and a DynamoDB move that
+    /// stopped part way (`PARTIAL_MOVE`) committed its first chunks. Every other error
+    /// is a definite refusal that wrote nothing.
+    pub fn may_have_written(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable(_)
+                | StoreError::Internal(_)
+                | StoreError::FailedPrecondition {
+                    reason: "PARTIAL_MOVE",
+                    ..
+                }
+        )
+    }
+}
+
 /// Result of store calls.
 pub type StoreResult<T> = Result<T, StoreError>;
 

@@ -546,20 +546,10 @@ impl Router {
         let value = match done {
             Ok(v) => v,
             Err(e) => {
-                // A definite refusal wrote nothing. After an unavailable or internal
-                // error the write may have landed (a lost connection after COMMIT),
-                // and a DynamoDB move stopped part way wrote its first chunks: the
-                // intent stays and is replayed, which re-reads the record (subtree).
-                let refused = !matches!(
-                    e,
-                    StoreError::Unavailable(_)
-                        | StoreError::Internal(_)
-                        | StoreError::FailedPrecondition {
-                            reason: "PARTIAL_MOVE",
-                            ..
-                        }
-                );
-                if noted && refused {
+                // A definite refusal wrote nothing, so its intent goes. A write that
+                // may have landed keeps it, and its replay re-reads the record (or
+                // subtree).
+                if noted && !e.may_have_written() {
                     self.replicator.clear(r.primary, intent);
                 }
                 return Err(e);
