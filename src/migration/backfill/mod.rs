@@ -9,7 +9,7 @@
 //! flight, which the resumed run reads again; rows are versioned upserts keyed by
 //! `(tenant_id, id)`, so nothing is duplicated and nothing newer written by dual write
 //! is overwritten. Memory holds two pages per segment (the one loading, the one read
-//! ahead), whatever the table's size.
+//! ahead), decoded on arrival ([`page::Scanned`]), whatever the table's size.
 //!
 //! Tables load parents first (customers, assets, devices, policies, roles,
 //! assignments, partners). Inside a table, an item whose parent comes later in the scan
@@ -322,8 +322,11 @@ async fn replay_divergences(stores: &Stores, run_id: &str, scope: &Scope) -> any
                 .map(|d| (d.key.tenant.as_str().to_owned(), d.key.id.to_string()))
                 .collect();
             let read_at = pg_now(stores).await?;
-            let items = retry(|| stores.dynamo.batch_get(*entity, &keys)).await?;
-            let present: HashSet<(String, String)> = items.iter().map(raw_key).collect();
+            let items: Vec<Scanned> = (retry(|| stores.dynamo.batch_get(*entity, &keys)).await?)
+                .into_iter()
+                .map(|item| Scanned::from_item(*entity, item))
+                .collect();
+            let present: HashSet<(String, String)> = items.iter().map(|s| s.key.clone()).collect();
             // Not final: a child whose new parent is in a later chunk waits for it.
             retry(|| {
                 load_page(
@@ -692,12 +695,17 @@ async fn scan_segment(
             )
         })
         .await
+        .map(|page| {
+            let items: Vec<Scanned> = (page.items.into_iter())
+                .map(|item| Scanned::from_item(entity, item))
+                .collect();
+            (items, page.next)
+        })
         .with_context(|| format!("scan of {} segment {segment}", table_name(entity)))
     };
-    let mut page = scan(position).await?;
+    let (mut items, mut next) = scan(position).await?;
     loop {
-        throttle.acquire(page.items.len()).await;
-        let next = page.next.clone();
+        throttle.acquire(items.len()).await;
         // Load this page while the next one is read (the checkpoint only moves when the
         // load commits, so a crash re-reads from here).
         let load = async {
@@ -708,7 +716,7 @@ async fn scan_segment(
                     entity,
                     segment,
                     scope,
-                    &page.items,
+                    &items,
                     next.as_ref(),
                     false,
                     None,
@@ -726,13 +734,13 @@ async fn scan_segment(
         let (outcome, following) = tokio::join!(load, fetch);
         let outcome = outcome?;
         live.scanned
-            .fetch_add(page.items.len() as i64, Ordering::Relaxed);
+            .fetch_add(items.len() as i64, Ordering::Relaxed);
         live.loaded
             .fetch_add(outcome.loaded + outcome.unchanged, Ordering::Relaxed);
         live.quarantined
             .fetch_add(outcome.quarantined, Ordering::Relaxed);
         match following? {
-            Some(p) => page = p,
+            Some(p) => (items, next) = p,
             None => return Ok(()),
         }
     }
@@ -905,20 +913,22 @@ async fn drain_slice(
         let mut items = Vec::with_capacity(rows.len());
         let mut keys = Vec::new();
         for r in rows {
-            let kept = r.item.as_deref().and_then(|j| serde_json::from_str(j).ok());
-            match kept
-                .as_ref()
-                .and_then(crate::storage::dynamodb::item_from_json)
-            {
+            match r.item.and_then(|j| Scanned::from_json(entity, j)) {
                 Some(item) => items.push(item),
                 None => keys.push((r.tenant_id, r.id)),
             }
         }
         if !keys.is_empty() {
             let fresh = retry(|| stores.dynamo.batch_get(entity, &keys)).await?;
+            let fresh: Vec<Scanned> = (fresh.into_iter())
+                .map(|item| Scanned::from_item(entity, item))
+                .collect();
             // Deleted from DynamoDB since: nothing to load.
-            let present: HashSet<(String, String)> = fresh.iter().map(raw_key).collect();
-            let gone: Vec<_> = keys.into_iter().filter(|k| !present.contains(k)).collect();
+            let present: HashSet<&(String, String)> = fresh.iter().map(|s| &s.key).collect();
+            let gone: Vec<_> = (keys.iter())
+                .filter(|k| !present.contains(k))
+                .cloned()
+                .collect();
             if !gone.is_empty() {
                 let mut conn = stores.pg.conn().await?;
                 undefer(&mut conn, run_id, entity, &gone).await?;

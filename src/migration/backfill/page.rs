@@ -14,6 +14,66 @@ pub(super) struct PageOutcome {
     pub(super) skipped: i64,
 }
 
+/// One item as a page holds it between its read and its load: the raw key, the
+/// decoded record (or why it cannot be decoded) and the item as DynamoDB JSON text,
+/// kept for a deferral or a quarantine. The SDK's form of a legacy item (a hash map of
+/// attribute values) is about three times its size, and a segment holds two pages at
+/// a time (the one loading, the one read ahead): decoding on arrival keeps that memory
+/// small next to what the process needs anyway.
+pub(super) struct Scanned {
+    pub(super) key: ledger::LedgerKey,
+    pub(super) record: Result<Record, String>,
+    raw: Box<str>,
+}
+
+impl Scanned {
+    /// Decodes an item read from DynamoDB.
+    pub(super) fn from_item(entity: Entity, item: Item) -> Self {
+        let raw = item_json(&item).to_string().into_boxed_str();
+        Self::decoded(entity, &item, raw)
+    }
+
+    /// Decodes an item kept as [`Scanned::json`] (`None`: not such JSON).
+    pub(super) fn from_json(entity: Entity, text: String) -> Option<Self> {
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let item = crate::storage::dynamodb::item_from_json(&value)?;
+        Some(Self::decoded(entity, &item, text.into_boxed_str()))
+    }
+
+    fn decoded(entity: Entity, item: &Item, raw: Box<str>) -> Self {
+        let key = raw_key(item);
+        let record = record_from_item(entity, item).map_err(|e| {
+            if key.0.is_empty() || key.1.is_empty() {
+                "undecodable: tenantId or id missing".to_owned()
+            } else {
+                match &e {
+                    StoreError::Internal(src) => format!("undecodable: {src}"),
+                    e => format!("undecodable: {e}"),
+                }
+            }
+        });
+        Self { key, record, raw }
+    }
+
+    /// The item as DynamoDB JSON text ([`item_json`]).
+    pub(super) fn json(&self) -> &str {
+        &self.raw
+    }
+
+    /// The item as DynamoDB JSON, for the quarantine.
+    fn value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.raw).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Items per statement that carries them (the upserts, the deferrals' items). A
+/// statement's parameters are encoded twice on the way out (the bind message, then the
+/// connection's write buffer, which keeps its size), so a whole page in one statement
+/// held three copies of it per segment and grew every pooled connection's buffer to a
+/// page. 250 rows cost no throughput (the per-statement overhead is well under a
+/// millisecond) and keep that memory to a quarter of a page.
+const STATEMENT_ROWS: usize = 250;
+
 /// Loads one page in one transaction with the checkpoint (or, for the deferred pass,
 /// with the removal of what it resolved). `last` is where the segment's scan now
 /// stands (`None`: finished). In the deferred pass `final_round` quarantines what still
@@ -26,7 +86,7 @@ pub(super) async fn load_page(
     entity: Entity,
     segment: i32,
     scope: &Scope,
-    items: &[Item],
+    items: &[Scanned],
     last: Option<&ScanKey>,
     final_round: bool,
     read_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -38,12 +98,11 @@ pub(super) async fn load_page(
         let mut out = PageOutcome::default();
         let mut keyed = Vec::new();
         for item in items {
-            let key = raw_key(item);
-            if !scope.has_tenant(&key.0) {
+            if !scope.has_tenant(&item.key.0) {
                 out.skipped += 1;
                 continue;
             }
-            keyed.push((key, item));
+            keyed.push((item.key.clone(), item));
         }
         // Removed by dual write since the run started (or since `read_at`): read
         // before the delete, and must not come back (resolved, if it was deferred).
@@ -98,14 +157,12 @@ pub(super) async fn load_page(
                     out.quarantined += 1;
                     resolved.push(key.clone());
                     let reason = format!("orphan: {waits_for} is not in the legacy data");
-                    ledger::quarantine(conn, entity, key, &reason, &item_json(item), &run_id)
-                        .await?;
+                    ledger::quarantine(conn, entity, key, &reason, &item.value(), &run_id).await?;
                 }
                 Prepared::Quarantine { reason } => {
                     out.quarantined += 1;
                     resolved.push(key.clone());
-                    ledger::quarantine(conn, entity, key, &reason, &item_json(item), &run_id)
-                        .await?;
+                    ledger::quarantine(conn, entity, key, &reason, &item.value(), &run_id).await?;
                 }
             }
         }
@@ -113,10 +170,16 @@ pub(super) async fn load_page(
         // its own savepoint, quarantining the refused ones.
         // Parents before children (the single-row fallback below writes them one by one).
         ready.sort_by_key(|(_, _, r)| r.depth());
-        let (mut ready, mut records): (Vec<(ledger::LedgerKey, &Item)>, Vec<Record>) =
+        let (mut ready, mut records): (Vec<(ledger::LedgerKey, &Scanned)>, Vec<Record>) =
             ready.into_iter().map(|(k, i, r)| ((k, i), r)).unzip();
         let bulk = conn
-            .transaction::<_, StoreError, _>(async |c| upsert_records(c, &records).await)
+            .transaction::<_, StoreError, _>(async |c| {
+                let mut written = 0;
+                for chunk in records.chunks(STATEMENT_ROWS) {
+                    written += upsert_records(c, chunk).await?;
+                }
+                Ok(written)
+            })
             .await;
         match bulk {
             Ok(written) => {
@@ -166,7 +229,7 @@ pub(super) async fn load_page(
                                 entity,
                                 key,
                                 &refusal(&e),
-                                &item_json(item),
+                                &item.value(),
                                 &run_id,
                             )
                             .await?;
@@ -252,7 +315,7 @@ pub(super) async fn forget_ledger(
     conn: &mut AsyncPgConnection,
     entity: Entity,
     clean: &[ledger::LedgerKey],
-    ready: &[(ledger::LedgerKey, &Item)],
+    ready: &[(ledger::LedgerKey, &Scanned)],
 ) -> StoreResult<()> {
     let all: Vec<&ledger::LedgerKey> = ready.iter().map(|(k, _)| k).collect();
     for (table, keys) in [
@@ -284,36 +347,32 @@ pub(super) async fn defer(
     conn: &mut AsyncPgConnection,
     run_id: &str,
     entity: Entity,
-    deferred: &[(ledger::LedgerKey, String, &Item)],
+    deferred: &[(ledger::LedgerKey, String, &Scanned)],
     rewrite: bool,
 ) -> StoreResult<()> {
-    if deferred.is_empty() {
-        return Ok(());
+    for deferred in deferred.chunks(STATEMENT_ROWS) {
+        let tenants: Vec<&str> = deferred.iter().map(|(k, _, _)| k.0.as_str()).collect();
+        let ids: Vec<&str> = deferred.iter().map(|(k, _, _)| k.1.as_str()).collect();
+        let waits: Vec<&str> = deferred.iter().map(|(_, w, _)| w.as_str()).collect();
+        let json: Vec<&str> = deferred.iter().map(|(_, _, item)| item.json()).collect();
+        diesel::sql_query(
+            "INSERT INTO backfill_deferred (run_id, entity, tenant_id, id, waits_for, item) \
+             SELECT $1, $2, t, i, w, j \
+             FROM unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS k(t, i, w, j) \
+             ON CONFLICT (run_id, entity, tenant_id, id) \
+             DO UPDATE SET waits_for = excluded.waits_for, item = excluded.item \
+             WHERE $7 OR backfill_deferred.item IS NULL",
+        )
+        .bind::<Text, _>(run_id)
+        .bind::<Text, _>(entity.as_str())
+        .bind::<Array<Text>, _>(&tenants)
+        .bind::<Array<Text>, _>(&ids)
+        .bind::<Array<Text>, _>(&waits)
+        .bind::<Array<Text>, _>(&json)
+        .bind::<Bool, _>(rewrite)
+        .execute(conn)
+        .await?;
     }
-    let tenants: Vec<&str> = deferred.iter().map(|(k, _, _)| k.0.as_str()).collect();
-    let ids: Vec<&str> = deferred.iter().map(|(k, _, _)| k.1.as_str()).collect();
-    let waits: Vec<&str> = deferred.iter().map(|(_, w, _)| w.as_str()).collect();
-    let json: Vec<String> = deferred
-        .iter()
-        .map(|(_, _, item)| item_json(item).to_string())
-        .collect();
-    diesel::sql_query(
-        "INSERT INTO backfill_deferred (run_id, entity, tenant_id, id, waits_for, item) \
-         SELECT $1, $2, t, i, w, j \
-         FROM unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS k(t, i, w, j) \
-         ON CONFLICT (run_id, entity, tenant_id, id) \
-         DO UPDATE SET waits_for = excluded.waits_for, item = excluded.item \
-         WHERE $7 OR backfill_deferred.item IS NULL",
-    )
-    .bind::<Text, _>(run_id)
-    .bind::<Text, _>(entity.as_str())
-    .bind::<Array<Text>, _>(&tenants)
-    .bind::<Array<Text>, _>(&ids)
-    .bind::<Array<Text>, _>(&waits)
-    .bind::<Array<Text>, _>(&json)
-    .bind::<Bool, _>(rewrite)
-    .execute(conn)
-    .await?;
     Ok(())
 }
 
@@ -332,7 +391,7 @@ async fn removed_since(
     run_id: &str,
     read_at: Option<chrono::DateTime<chrono::Utc>>,
     entity: Entity,
-    keyed: &[(ledger::LedgerKey, &Item)],
+    keyed: &[(ledger::LedgerKey, &Scanned)],
 ) -> StoreResult<HashSet<(String, String)>> {
     #[derive(diesel::QueryableByName)]
     struct Key {

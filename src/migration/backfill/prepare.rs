@@ -22,27 +22,20 @@ pub(super) enum Prepared {
 pub(super) async fn prepare(
     conn: &mut AsyncPgConnection,
     entity: Entity,
-    items: &[(ledger::LedgerKey, &Item)],
+    items: &[(ledger::LedgerKey, &Scanned)],
 ) -> StoreResult<Vec<Prepared>> {
     let mut out = Vec::with_capacity(items.len());
     let mut decoded = Vec::with_capacity(items.len());
-    for (key, item) in items {
-        match record_from_item(entity, item) {
+    for (_, item) in items {
+        match &item.record {
             Ok(r) => {
                 out.push(None);
-                decoded.push(Some(r));
+                decoded.push(Some(r.clone()));
             }
-            Err(e) => {
-                let reason = match &e {
-                    StoreError::Internal(src) => format!("undecodable: {src}"),
-                    e => format!("undecodable: {e}"),
-                };
-                let reason = if key.0.is_empty() || key.1.is_empty() {
-                    "undecodable: tenantId or id missing".to_owned()
-                } else {
-                    reason
-                };
-                out.push(Some(Prepared::Quarantine { reason }));
+            Err(reason) => {
+                out.push(Some(Prepared::Quarantine {
+                    reason: reason.clone(),
+                }));
                 decoded.push(None);
             }
         }
