@@ -954,6 +954,20 @@ async fn filters_and_resume_options_are_checked() {
     .await
     .unwrap_err();
     assert!(e.to_string().contains("--segments"), "{e}");
+    // A missing legacy table is named at once (not retried as an outage).
+    let devices = stores.dynamo.tables().devices.clone();
+    (stores.dynamo.client().delete_table())
+        .table_name(&devices)
+        .send()
+        .await
+        .unwrap();
+    let mut missing = args("missing-table");
+    missing.tables = vec!["devices".into()];
+    let e = backfill::run(&stores, &missing).await.unwrap_err();
+    assert!(
+        e.to_string().contains(&format!("{devices} does not exist")),
+        "{e:#}"
+    );
 }
 
 /// A page larger than one statement (250 items): its rows and its deferrals go to

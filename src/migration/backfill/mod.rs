@@ -156,6 +156,19 @@ pub async fn run(stores: &Stores, args: &BackfillArgs) -> anyhow::Result<Summary
         args.progress_interval.is_finite() && args.progress_interval > 0.0,
         "--progress-interval must be a number of seconds > 0"
     );
+    // A missing table is a wrong stage or table variable: said at once, not retried
+    // as an outage.
+    for &entity in &scope.entities {
+        let table = stores.dynamo.table_of(entity);
+        let exists = retry(|| stores.dynamo.table_exists(entity))
+            .await
+            .with_context(|| format!("reading legacy table {table}"))?;
+        anyhow::ensure!(
+            exists,
+            "legacy table {table} does not exist: check GCDR_STAGE and the per-table \
+             variables (`gcdr-data dynamodb create-tables` creates empty ones, for development)"
+        );
+    }
     let started = Instant::now();
     let run_id = args.run_id.as_str();
 

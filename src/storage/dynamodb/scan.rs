@@ -148,6 +148,24 @@ impl DynamoStore {
         self.get_item(self.table_of(entity), tenant, id).await
     }
 
+    /// Whether the legacy table of `entity` exists.
+    pub async fn table_exists(&self, entity: Entity) -> StoreResult<bool> {
+        let described = (self.client.describe_table())
+            .table_name(self.table_of(entity))
+            .send()
+            .await;
+        match described {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_resource_not_found_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk_error(e)),
+        }
+    }
+
     /// DescribeTable's item count (AWS refreshes it about every six hours; an
     /// estimate for progress and ETA only).
     pub async fn approximate_count(&self, entity: Entity) -> StoreResult<Option<i64>> {
