@@ -82,8 +82,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    // NOT_SERVING until the first probe of the store succeeds.
+    // NOT_SERVING until the first probe of the store succeeds; each backend's entry
+    // exists from the start (UNKNOWN until its first probe, which can take a probe
+    // timeout when the store is down), so a check of it never answers NOT_FOUND.
     set_all(&reporter, ServingStatus::NotServing).await;
+    for (name, _) in &store.probes {
+        reporter
+            .set_service_status(*name, ServingStatus::Unknown)
+            .await;
+    }
     let monitor = tokio::spawn(watch_health(
         reporter.clone(),
         store.clone(),
