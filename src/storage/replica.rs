@@ -137,6 +137,12 @@ pub trait Replica: Send + Sync {
 
     /// Removes the record if present.
     async fn remove(&self, key: &RecordKey) -> StoreResult<()>;
+
+    /// The keys of the customers or assets whose parent pointer names `key`, whatever
+    /// their path or customer (a DynamoDB move that stopped part way left some of them
+    /// under the new path while their parent kept the old one); none for the other
+    /// entities.
+    async fn children(&self, key: &RecordKey) -> StoreResult<Vec<RecordKey>>;
 }
 
 /// One recorded failed secondary write.

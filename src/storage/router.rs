@@ -243,8 +243,8 @@ async fn run_job(job: &Job, timeout: Duration, metrics: &Metrics) -> bool {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        match tokio::time::timeout(timeout, apply(job)).await {
-            Ok(Ok(())) => {
+        match apply(job, timeout).await {
+            Ok(()) => {
                 metrics.incr(
                     "secondary_write",
                     &[
@@ -256,8 +256,7 @@ async fn run_job(job: &Job, timeout: Duration, metrics: &Metrics) -> bool {
                 );
                 return true;
             }
-            Ok(Err(e)) => last_error = error_text(&e),
-            Err(_) => last_error = format!("timed out after {timeout:?}"),
+            Err(e) => last_error = error_text(&e),
         }
     }
     metrics.incr(
@@ -303,26 +302,29 @@ fn error_text(e: &StoreError) -> String {
     }
 }
 
-async fn apply(job: &Job) -> StoreResult<()> {
+/// Applies one copy; each store call gets `timeout` (a subtree's copy makes one call
+/// per record, so its budget grows with the subtree, and a stalled store still fails
+/// it within one call's budget).
+async fn apply(job: &Job, timeout: Duration) -> StoreResult<()> {
     let secondary = &job.secondary.replica;
     match &job.op {
-        Op::Upsert(record) => secondary.upsert(record).await.map(|_| ()),
-        Op::Remove => secondary.remove(&job.key).await,
-        Op::Reload => match job.primary.replica.load(&job.key).await? {
+        Op::Upsert(record) => within(timeout, secondary.upsert(record)).await.map(|_| ()),
+        Op::Remove => within(timeout, secondary.remove(&job.key)).await,
+        Op::Reload => match within(timeout, job.primary.replica.load(&job.key)).await? {
             Some(record) => {
-                secondary.upsert(&record).await?;
-                drop_if_gone(job, &job.key).await
+                within(timeout, secondary.upsert(&record)).await?;
+                drop_if_gone(job, &job.key, timeout).await
             }
-            None => secondary.remove(&job.key).await,
+            None => within(timeout, secondary.remove(&job.key)).await,
         },
         Op::Subtree => {
-            let mut records = subtree_records(&job.primary.store, &job.key).await?;
+            let mut records = subtree_records(&job.primary, &job.key, timeout).await?;
             records.sort_by_key(Record::depth);
             for r in &records {
-                secondary.upsert(r).await?;
+                within(timeout, secondary.upsert(r)).await?;
             }
             let again: std::collections::HashSet<RecordKey> =
-                subtree_records(&job.primary.store, &job.key)
+                subtree_records(&job.primary, &job.key, timeout)
                     .await?
                     .iter()
                     .map(Record::key)
@@ -330,7 +332,7 @@ async fn apply(job: &Job) -> StoreResult<()> {
             for r in records.iter().rev() {
                 let k = r.key();
                 if !again.contains(&k) {
-                    drop_if_gone(job, &k).await?;
+                    drop_if_gone(job, &k, timeout).await?;
                 }
             }
             Ok(())
@@ -338,12 +340,29 @@ async fn apply(job: &Job) -> StoreResult<()> {
     }
 }
 
+/// `call`, or an outage once `timeout` has passed.
+async fn within<T>(
+    timeout: Duration,
+    call: impl Future<Output = StoreResult<T>>,
+) -> StoreResult<T> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "timed out after {timeout:?}"
+            )))
+        })
+}
+
 /// A record re-read from the primary can be deleted there before its copy lands, and
 /// the delete's own copy (another worker's, or another replica's) can land first:
 /// when the record is gone from the primary now, the copy is removed too.
-async fn drop_if_gone(job: &Job, key: &RecordKey) -> StoreResult<()> {
-    if job.primary.replica.load(key).await?.is_none() {
-        job.secondary.replica.remove(key).await?;
+async fn drop_if_gone(job: &Job, key: &RecordKey, timeout: Duration) -> StoreResult<()> {
+    if within(timeout, job.primary.replica.load(key))
+        .await?
+        .is_none()
+    {
+        within(timeout, job.secondary.replica.remove(key)).await?;
     }
     Ok(())
 }
@@ -351,48 +370,76 @@ async fn drop_if_gone(job: &Job, key: &RecordKey) -> StoreResult<()> {
 /// The most nodes one moved subtree copy reads.
 const SUBTREE_LIMIT: usize = 1_000_000;
 
-/// The node of `key` and everything under it (assets: with their devices).
-async fn subtree_records(store: &Store, key: &RecordKey) -> StoreResult<Vec<Record>> {
+/// The node of `key` and everything under it (assets: with their devices), from
+/// `primary`, each read within `timeout`. The subtree is read by the node's path and
+/// then by the path of each child that read missed: a DynamoDB move that stopped part
+/// way (PARTIAL_MOVE) has rewritten its first chunks, whole top-down runs of
+/// descendants in path order, under the new path while the node kept the old one, and
+/// its replay must copy those too.
+async fn subtree_records(
+    primary: &Backed,
+    key: &RecordKey,
+    timeout: Duration,
+) -> StoreResult<Vec<Record>> {
+    let store = &primary.store;
+    let mut nodes = within(timeout, subtree_nodes(store, key)).await?;
+    if matches!(key.entity, Entity::Customer | Entity::Asset) {
+        let read: std::collections::HashSet<RecordKey> = nodes.iter().map(Record::key).collect();
+        for child in within(timeout, primary.replica.children(key)).await? {
+            if !read.contains(&child) {
+                nodes.extend(within(timeout, subtree_nodes(store, &child)).await?);
+            }
+        }
+    }
+    let Entity::Asset = key.entity else {
+        return Ok(nodes);
+    };
+    let mut out = Vec::new();
+    for node in &nodes {
+        let Record::Asset(a) = node else { continue };
+        let mut page = PageRequest {
+            size: crate::domain::MAX_PAGE_SIZE,
+            after: None,
+        };
+        loop {
+            let filter = crate::domain::device::DeviceFilter {
+                asset_id: Some(a.id),
+                ..Default::default()
+            };
+            let p = within(timeout, store.devices.list(&key.tenant, &filter, &page)).await?;
+            out.extend(p.items.into_iter().map(Record::Device));
+            match p.next_after {
+                Some(after) => page.after = Some(after),
+                None => break,
+            }
+        }
+    }
+    out.extend(nodes);
+    Ok(out)
+}
+
+/// The customer or asset of `key` and its descendants by its path.
+async fn subtree_nodes(store: &Store, key: &RecordKey) -> StoreResult<Vec<Record>> {
     let t = &key.tenant;
-    match key.entity {
-        Entity::Customer => Ok(store
+    Ok(match key.entity {
+        Entity::Customer => store
             .customers
             .subtree(t, CustomerId(key.id), i32::MAX, SUBTREE_LIMIT)
             .await?
             .nodes
             .into_iter()
             .map(Record::Customer)
-            .collect()),
-        Entity::Asset => {
-            let nodes = store
-                .assets
-                .subtree(t, AssetId(key.id), i32::MAX, SUBTREE_LIMIT)
-                .await?
-                .nodes;
-            let mut out = Vec::new();
-            for a in &nodes {
-                let mut page = PageRequest {
-                    size: crate::domain::MAX_PAGE_SIZE,
-                    after: None,
-                };
-                loop {
-                    let filter = crate::domain::device::DeviceFilter {
-                        asset_id: Some(a.id),
-                        ..Default::default()
-                    };
-                    let p = store.devices.list(t, &filter, &page).await?;
-                    out.extend(p.items.into_iter().map(Record::Device));
-                    match p.next_after {
-                        Some(after) => page.after = Some(after),
-                        None => break,
-                    }
-                }
-            }
-            out.extend(nodes.into_iter().map(Record::Asset));
-            Ok(out)
-        }
-        _ => Ok(Vec::new()),
-    }
+            .collect(),
+        Entity::Asset => store
+            .assets
+            .subtree(t, AssetId(key.id), i32::MAX, SUBTREE_LIMIT)
+            .await?
+            .nodes
+            .into_iter()
+            .map(Record::Asset)
+            .collect(),
+        _ => Vec::new(),
+    })
 }
 
 /// Routes every store call by the tenant's mode.

@@ -114,6 +114,38 @@ impl Replica for DynamoStore {
         })
         .await
     }
+
+    async fn children(&self, key: &RecordKey) -> StoreResult<Vec<RecordKey>> {
+        let (table, attr, name) = match key.entity {
+            Entity::Customer => (&self.tables.customers, "parentCustomerId", "customer"),
+            Entity::Asset => (&self.tables.assets, "parentAssetId", "asset"),
+            _ => return Ok(Vec::new()),
+        };
+        self.timed("replica.children", async {
+            let q = super::Query::index_eq(
+                table,
+                "gsi-parent",
+                key.tenant.as_str(),
+                attr,
+                &key.id.to_string(),
+            );
+            let items = self.query(&q, usize::MAX).await?;
+            items
+                .iter()
+                .map(|item| {
+                    let r = ItemReader::new(name, item);
+                    let id =
+                        Uuid::parse_str(&r.s("id")?).map_err(|_| r.bad("id", "is not a UUID"))?;
+                    Ok(RecordKey {
+                        entity: key.entity,
+                        tenant: key.tenant.clone(),
+                        id,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
 }
 
 fn divergence_id(key: &RecordKey, target: Backend) -> String {

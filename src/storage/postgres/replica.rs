@@ -382,6 +382,38 @@ impl Replica for PgStore {
         })
         .await
     }
+
+    async fn children(&self, key: &RecordKey) -> StoreResult<Vec<RecordKey>> {
+        let t = key.tenant.as_str();
+        let mut conn = self.conn().await?;
+        let ids: Vec<Uuid> = match key.entity {
+            Entity::Customer => {
+                customers::table
+                    .filter(customers::tenant_id.eq(t))
+                    .filter(customers::parent_customer_id.eq(key.id))
+                    .select(customers::id)
+                    .load(&mut conn)
+                    .await?
+            }
+            Entity::Asset => {
+                assets::table
+                    .filter(assets::tenant_id.eq(t))
+                    .filter(assets::parent_asset_id.eq(key.id))
+                    .select(assets::id)
+                    .load(&mut conn)
+                    .await?
+            }
+            _ => return Ok(Vec::new()),
+        };
+        Ok(ids
+            .into_iter()
+            .map(|id| RecordKey {
+                entity: key.entity,
+                tenant: key.tenant.clone(),
+                id,
+            })
+            .collect())
+    }
 }
 
 #[async_trait]
