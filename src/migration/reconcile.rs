@@ -1,6 +1,7 @@
 //! `gcdr-data reconcile`: makes the other store hold exactly what the authoritative
 //! store holds, for the keys a verify report names (`--from-verify`) and the keys of
-//! the open dual-write divergences of both stores (`--from-divergence`).
+//! the open dual-write divergences of both stores (`--from-divergence`; a failed copy
+//! of a moved subtree brings every record under the moved node).
 //!
 //! For each key the record is read from its source of truth: `--authoritative`
 //! (default: the primary of the global storage mode) for verify keys; for a divergence
@@ -25,7 +26,9 @@ use super::{Stores, ledger, load_order};
 use crate::domain::TenantId;
 use crate::storage::dynamodb::differing_fields;
 use crate::storage::mode::{Backend, StorageMode};
-use crate::storage::replica::{DivergenceLog, RecordKey, Replica};
+use crate::storage::replica::{DivergenceLog, Record, RecordKey, Replica};
+use crate::storage::router::subtree_records;
+use crate::storage::{Store, StoreError};
 
 /// `gcdr-data reconcile` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -223,7 +226,9 @@ pub fn tasks_from_report(
 }
 
 /// The tasks of the open divergences of both stores' logs (source: the store that did
-/// not miss the write).
+/// not miss the write). A failed copy of a moved subtree names only the moved node, so
+/// every record under it in the source becomes a task too (the divergence is resolved
+/// with the node's).
 pub async fn tasks_from_divergences(stores: &Stores) -> anyhow::Result<Vec<Task>> {
     let mut tasks = Vec::new();
     for b in [Backend::Postgres, Backend::Dynamodb] {
@@ -232,9 +237,21 @@ pub async fn tasks_from_divergences(stores: &Stores) -> anyhow::Result<Vec<Task>
             .await
             .with_context(|| format!("list the {} divergence log", b.as_str()))?;
         for d in open {
+            let source = other(d.target);
+            if d.operation == "subtree" {
+                for key in subtree_keys(stores, source, &d.key).await? {
+                    if key != d.key {
+                        tasks.push(Task {
+                            key,
+                            source,
+                            divergences: Vec::new(),
+                        });
+                    }
+                }
+            }
             tasks.push(Task {
                 key: d.key,
-                source: other(d.target),
+                source,
                 divergences: vec![DivergenceRef {
                     log: b,
                     target: d.target,
@@ -245,6 +262,34 @@ pub async fn tasks_from_divergences(stores: &Stores) -> anyhow::Result<Vec<Task>
     }
     Ok(tasks)
 }
+
+/// The keys of the subtree of `key` in `source` (none when the node is gone there).
+async fn subtree_keys(
+    stores: &Stores,
+    source: Backend,
+    key: &RecordKey,
+) -> anyhow::Result<Vec<RecordKey>> {
+    let (store, replica): (Store, &dyn Replica) = match source {
+        Backend::Postgres => (Store::postgres(stores.pg.clone()), &stores.pg),
+        Backend::Dynamodb => (Store::dynamodb(stores.dynamo.clone()), &stores.dynamo),
+    };
+    match subtree_records(&store, replica, key, SUBTREE_READ_TIMEOUT).await {
+        Ok(records) => Ok(records.iter().map(Record::key).collect()),
+        Err(StoreError::NotFound { .. }) => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "read the subtree of {} {} {} in {}",
+                key.entity.as_str(),
+                key.tenant.as_str(),
+                key.id,
+                source.as_str()
+            )
+        }),
+    }
+}
+
+/// The budget of each read of a failed subtree copy's records.
+const SUBTREE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What reconciling one key did.
 enum Outcome {

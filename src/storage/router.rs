@@ -318,17 +318,27 @@ async fn apply(job: &Job, timeout: Duration) -> StoreResult<()> {
             None => within(timeout, secondary.remove(&job.key)).await,
         },
         Op::Subtree => {
-            let mut records = subtree_records(&job.primary, &job.key, timeout).await?;
+            let mut records = subtree_records(
+                &job.primary.store,
+                job.primary.replica.as_ref(),
+                &job.key,
+                timeout,
+            )
+            .await?;
             records.sort_by_key(Record::depth);
             for r in &records {
                 within(timeout, secondary.upsert(r)).await?;
             }
-            let again: std::collections::HashSet<RecordKey> =
-                subtree_records(&job.primary, &job.key, timeout)
-                    .await?
-                    .iter()
-                    .map(Record::key)
-                    .collect();
+            let again: std::collections::HashSet<RecordKey> = subtree_records(
+                &job.primary.store,
+                job.primary.replica.as_ref(),
+                &job.key,
+                timeout,
+            )
+            .await?
+            .iter()
+            .map(Record::key)
+            .collect();
             for r in records.iter().rev() {
                 let k = r.key();
                 if !again.contains(&k) {
@@ -376,16 +386,18 @@ const SUBTREE_LIMIT: usize = 1_000_000;
 /// way (PARTIAL_MOVE) has rewritten its first chunks, whole top-down runs of
 /// descendants in path order, under the new path while the node kept the old one, and
 /// its replay must copy those too.
-async fn subtree_records(
-    primary: &Backed,
+///
+/// Reconcile uses it too, to repair every record under a failed subtree copy.
+pub async fn subtree_records(
+    store: &Store,
+    replica: &dyn Replica,
     key: &RecordKey,
     timeout: Duration,
 ) -> StoreResult<Vec<Record>> {
-    let store = &primary.store;
     let mut nodes = within(timeout, subtree_nodes(store, key)).await?;
     if matches!(key.entity, Entity::Customer | Entity::Asset) {
         let read: std::collections::HashSet<RecordKey> = nodes.iter().map(Record::key).collect();
-        for child in within(timeout, primary.replica.children(key)).await? {
+        for child in within(timeout, replica.children(key)).await? {
             if !read.contains(&child) {
                 nodes.extend(within(timeout, subtree_nodes(store, &child)).await?);
             }

@@ -250,6 +250,68 @@ async fn a_failed_secondary_write_is_repaired_from_the_divergence_log() {
     assert!(again.is_empty());
 }
 
+/// A failed copy of a moved subtree is recorded under the moved node only; reconcile
+/// repairs every record under it, and verify then finds parity.
+#[tokio::test]
+async fn a_failed_subtree_copy_is_repaired_whole_from_the_divergence_log() {
+    use gcdr_data::domain::{Actor, Ctx, CustomerId, TenantId};
+    use gcdr_data::storage::CustomerStore;
+
+    let t = "tenant-sub";
+    let s = ModeServer::start(StorageMode::DualPostgresPrimary).await;
+    let mut customers = s.customers();
+    let mut create = async |name: &str, parent: Option<&str>| {
+        customers
+            .create_customer(req(
+                t,
+                pb::CreateCustomerRequest {
+                    customer: Some(customer(name, parent)),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .id
+    };
+    let a = create("A", None).await;
+    let b = create("B", Some(&a)).await;
+    let c = create("C", Some(&b)).await;
+    let d = create("D", None).await;
+    s.replicator.flush().await;
+
+    // B moves under D in PostgreSQL and its copy fails, as the replicator records it.
+    let ctx = Ctx {
+        tenant: TenantId::parse(t).unwrap(),
+        actor: Actor::system(),
+    };
+    let id = |s: &str| CustomerId::parse(s).unwrap();
+    CustomerStore::move_to(&s.pg, &ctx, id(&b), Some(id(&d)), None)
+        .await
+        .unwrap();
+    let kb = key(Entity::Customer, t, &b);
+    DivergenceLog::record(&s.pg, &kb, Backend::Dynamodb, "subtree", "injected")
+        .await
+        .unwrap();
+    let st = stores(&s);
+    let before = verify::verify(&st, &all(), None, 2).await.unwrap();
+    let mut differing: Vec<String> = before.mismatches.iter().map(|m| m.id.clone()).collect();
+    differing.sort();
+    let mut moved = vec![b.clone(), c.clone()];
+    moved.sort();
+    assert_eq!(differing, moved, "{before:#?}");
+
+    let tasks = reconcile::tasks_from_divergences(&st).await.unwrap();
+    let mut keys: Vec<String> = tasks.iter().map(|t: &Task| t.key.id.to_string()).collect();
+    keys.sort();
+    assert_eq!(keys, moved, "{tasks:?}");
+    let done = reconcile::reconcile(&st, tasks, false).await.unwrap();
+    assert!(done.failed.is_empty(), "{done:#?}");
+    assert_eq!(done.copied.len(), 2, "{done:#?}");
+    assert!(DivergenceLog::list(&s.pg, None).await.unwrap().is_empty());
+    let after = verify::verify(&st, &all(), None, 2).await.unwrap();
+    assert!(after.parity, "{after:#?}");
+}
+
 #[tokio::test]
 async fn ledger_repairs_and_quarantines_are_not_mismatches() {
     let s = ModeServer::start(StorageMode::DualDynamodbPrimary).await;
