@@ -43,8 +43,17 @@ for size in $SIZES; do
   psql_ -c "DROP DATABASE IF EXISTS ${DB}_raw" -c "CREATE DATABASE ${DB}_raw"
   $LOAD pg-upsert --rows "$size" --database-url "postgres://postgres@127.0.0.1:5432/${DB}_raw"
   psql_ -c "DROP DATABASE ${DB}_raw"
-  /usr/bin/time -f "backfill peak RSS: %M KB, wall %e s" \
+  # Where the CPU goes during the backfill: ours (time), dynalite's (its /proc ticks),
+  # and the whole machine's (/proc/stat); PostgreSQL takes most of the rest.
+  dpid=$(pgrep -f node_modules/.bin/dynalite | head -1)
+  ticks() { awk '{print $14 + $15}' "/proc/$dpid/stat"; }
+  machine() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+  d0=$(ticks); m0=$(machine)
+  /usr/bin/time -f "backfill peak RSS: %M KB, wall %e s, CPU user %U s + system %S s" \
     $BIN backfill run --segments "$SEGMENTS" --page-size "$PAGE" --progress lines --progress-interval "${PROGRESS_INTERVAL:-5}"
+  hz=$(getconf CLK_TCK)
+  awk -v d=$(( $(ticks) - d0 )) -v m=$(( $(machine) - m0 )) -v hz="$hz" \
+    'BEGIN { printf "CPU during the backfill: dynalite %.1f s, whole machine %.1f s\n", d / hz, m / hz }'
   $BIN verify --segments "$SEGMENTS" | tail -1
   $LOAD drop-legacy
 done
