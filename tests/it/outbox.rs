@@ -632,10 +632,11 @@ async fn a_dynamodb_move_stopped_part_way_is_replayed_to_postgres() {
     assert!((1..110).contains(&under_new), "{under_new} of 110 moved");
     wait_converged(&s.dynamo, &s.pg, &s.dynamo, &keys, &[]).await;
 
-    // Retrying moves the rest, and its copy follows. (moto cancels a transaction by
-    // putting back a copy of the table taken as it began, which is not isolated from
-    // writes made meanwhile, like the renames: about one run in seven, the first retry
-    // was then cancelled whole, every condition failing. DynamoDB isolates them.)
+    // Retrying moves the rest, and its copy follows. On moto, about one run in seven,
+    // the first retry was cancelled whole (every item's condition failed, though
+    // nothing else wrote) and the next one finished; the cause is not found yet (moto
+    // cancels a transaction by putting back a copy of the table taken as it began), so
+    // the move is retried as a caller would, up to five times.
     let mut attempts = 0;
     loop {
         attempts += 1;
