@@ -27,7 +27,7 @@ use crate::domain::TenantId;
 use crate::storage::dynamodb::differing_fields;
 use crate::storage::mode::{Backend, StorageMode};
 use crate::storage::replica::{DivergenceLog, Record, RecordKey, Replica};
-use crate::storage::router::subtree_records;
+use crate::storage::router::{SUBTREE_OP, subtree_records};
 use crate::storage::{Store, StoreError};
 
 /// `gcdr-data reconcile` options.
@@ -238,7 +238,7 @@ pub async fn tasks_from_divergences(stores: &Stores) -> anyhow::Result<Vec<Task>
             .with_context(|| format!("list the {} divergence log", b.as_str()))?;
         for d in open {
             let source = other(d.target);
-            if d.operation == "subtree" {
+            if d.operation == SUBTREE_OP {
                 for key in subtree_keys(stores, source, &d.key).await? {
                     if key != d.key {
                         tasks.push(Task {

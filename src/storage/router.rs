@@ -84,7 +84,7 @@ impl Op {
             Op::Upsert(_) => "upsert",
             Op::Remove => "remove",
             Op::Reload => "reload",
-            Op::Subtree => "subtree",
+            Op::Subtree => SUBTREE_OP,
         }
     }
 }
@@ -377,6 +377,10 @@ async fn drop_if_gone(job: &Job, key: &RecordKey, timeout: Duration) -> StoreRes
     Ok(())
 }
 
+/// The operation a failed copy of a moved subtree is logged under (reconcile repairs
+/// the whole subtree of such a divergence).
+pub const SUBTREE_OP: &str = "subtree";
+
 /// The most nodes one moved subtree copy reads.
 const SUBTREE_LIMIT: usize = 1_000_000;
 
@@ -395,12 +399,10 @@ pub async fn subtree_records(
     timeout: Duration,
 ) -> StoreResult<Vec<Record>> {
     let mut nodes = within(timeout, subtree_nodes(store, key)).await?;
-    if matches!(key.entity, Entity::Customer | Entity::Asset) {
-        let read: std::collections::HashSet<RecordKey> = nodes.iter().map(Record::key).collect();
-        for child in within(timeout, replica.children(key)).await? {
-            if !read.contains(&child) {
-                nodes.extend(within(timeout, subtree_nodes(store, &child)).await?);
-            }
+    let read: std::collections::HashSet<RecordKey> = nodes.iter().map(Record::key).collect();
+    for child in within(timeout, replica.children(key)).await? {
+        if !read.contains(&child) {
+            nodes.extend(within(timeout, subtree_nodes(store, &child)).await?);
         }
     }
     let Entity::Asset = key.entity else {

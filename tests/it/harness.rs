@@ -96,6 +96,15 @@ async fn drop_stale_databases(conn: &mut AsyncPgConnection) {
 }
 
 /// A fresh, migrated database; returns its URL.
+/// Logs of the servers the tests run in-process, shown with a failing test's output
+/// (`RUST_LOG`, default warn).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .try_init();
+}
+
 pub async fn fresh_database() -> String {
     let template = template().await;
     let name = format!(
@@ -129,10 +138,7 @@ impl TestServer {
 
     /// A server whose store connects to `store_url` (e.g. through a proxy).
     pub async fn start_on(db_url: String, store_url: String) -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .try_init();
+        init_tracing();
         let pool = PoolConfig {
             acquire_timeout: Duration::from_secs(2),
             ..PoolConfig::default()

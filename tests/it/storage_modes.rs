@@ -61,10 +61,7 @@ impl ModeServer {
         endpoint: &str,
         tune: impl FnOnce(&mut StorageSettings),
     ) -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .try_init();
+        crate::harness::init_tracing();
         let stage = format!("t{}", Uuid::new_v4().simple());
         let real = DynamoStore::connect(&dynamo_config(&dynamo_url(), &stage)).await;
         gcdr_data::storage::dynamodb::create_tables(real.client(), real.tables())
