@@ -465,9 +465,10 @@ async fn a_postgres_intent_commits_with_its_write_and_only_with_it() {
 }
 
 /// DynamoDB authoritative: a write's copy intent rides in the write's own
-/// TransactWriteItems (a create), so it commits if and only if the write does; an
-/// UpdateItem has it put alongside. With the outbox table gone, the create fails as a
-/// whole (nothing written) and the update succeeds with its intent's failure reported.
+/// TransactWriteItems (a create), so it commits if and only if the write does; a
+/// single-item update is sent as a transaction of the update and the intent, for the
+/// same guarantee. With the outbox table gone, the create and the update both fail
+/// whole: nothing is written that has no intent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dynamodb_intent_rides_in_the_writes_transaction() {
     use std::sync::Arc;
@@ -508,7 +509,7 @@ async fn a_dynamodb_intent_rides_in_the_writes_transaction() {
     assert!(matches!(noted, Some(Ok(()))), "{noted:?}");
     assert_eq!(pending().await, vec![kept.clone()]);
 
-    // An update (one UpdateItem): its intent is put alongside.
+    // An update: its intent rides in the update's transaction.
     let renamed = intent_for(root_id.0);
     let (done, noted) = with_intent(&renamed, outbox.clone(), rename(root_id, "Renamed")).await;
     done.expect("an update");
@@ -517,8 +518,9 @@ async fn a_dynamodb_intent_rides_in_the_writes_transaction() {
     assert_eq!(now.len(), 2);
     assert!(now.contains(&renamed), "{now:?}");
 
-    // Without the outbox table: the create's transaction fails whole, the update
-    // lands and reports its intent's failure.
+    // Without the outbox table: the create's transaction fails whole, and so does
+    // the update's (an update that landed without its intent would be a copy a crash
+    // could lose with no trace).
     dynamo
         .client()
         .delete_table()
@@ -544,8 +546,10 @@ async fn a_dynamodb_intent_rides_in_the_writes_transaction() {
         rename(root_id, "Again"),
     )
     .await;
-    assert_eq!(done.expect("the update itself").name, "Again");
-    assert!(matches!(noted, Some(Err(_))), "{noted:?}");
+    assert!(done.is_err(), "an update without its intent: {done:?}");
+    assert!(noted.is_none(), "{noted:?}");
+    let kept = dynamo.get(&ctx.tenant, root_id).await.expect("the record");
+    assert_eq!(kept.name, "Renamed", "updated without its intent");
 }
 
 /// A DynamoDB move larger than one transaction that stops part way (PARTIAL_MOVE: here

@@ -6,8 +6,11 @@
 //! - a TransactWriteItems with room for one more item carries the intent's Put into
 //!   the outbox table: the intent commits if and only if that transaction does, and
 //!   costs no request of its own (creates, deletes, the first chunk of a move);
-//! - any other request (an UpdateItem, a DeleteItem, a full transaction) has the
-//!   intent's PutItem sent alongside it, concurrently, as before.
+//! - a single-item write (an update, a versioned delete) is sent as a TransactWriteItems
+//!   of that item and the intent's Put instead of an UpdateItem or DeleteItem: one
+//!   request still, and the intent commits if and only if the write does;
+//! - a transaction with no room left (100 items) has the intent's PutItem sent
+//!   alongside it, concurrently.
 //!
 //! A transaction that carried the intent and was cancelled leaves the intent to the
 //! write's next request. A write that succeeded without sending any request the
@@ -152,7 +155,10 @@ pub(super) fn landed(rode: bool, committed: bool) {
     }
 }
 
-/// Called before any other mutating request: sends the pending intent alongside.
-pub(super) fn alongside() {
-    let _ = INTENT.try_with(|p| p.alongside(&mut p.lock()));
+/// Whether this task runs a dual write whose intent is not recorded yet: its next
+/// mutating request must carry it (be a transaction [`ride`] can add it to).
+pub(super) fn waiting() -> bool {
+    INTENT
+        .try_with(|p| matches!(*p.lock(), State::Waiting))
+        .unwrap_or(false)
 }

@@ -689,9 +689,12 @@ impl Overwrite {
 }
 
 impl DynamoStore {
-    /// Runs one overwrite; `Ok(false)` when its condition failed.
+    /// Runs one overwrite; `Ok(false)` when its condition failed. Inside a dual write
+    /// whose intent is not recorded yet it is a transaction carrying the intent.
     async fn overwrite(&self, table: &str, w: Overwrite) -> StoreResult<bool> {
-        intent::alongside();
+        if intent::waiting() {
+            return self.transact_one(w.transact_item(table)?).await;
+        }
         let result = self
             .client
             .update_item()
@@ -708,6 +711,15 @@ impl DynamoStore {
             Err(e) if is_condition_failure(&e) => Ok(false),
             Err(e) => Err(sdk_error(e)),
         }
+    }
+
+    /// One conditional write as a TransactWriteItems (which a pending intent rides);
+    /// `Ok(false)` when its condition failed (the intent's Put has none).
+    async fn transact_one(
+        &self,
+        item: aws_sdk_dynamodb::types::TransactWriteItem,
+    ) -> StoreResult<bool> {
+        Ok(self.transact(vec![item]).await?.is_none())
     }
 
     /// The delete of an item if its version is `version`, as one item of a
@@ -739,7 +751,10 @@ impl DynamoStore {
         id: &str,
         version: i64,
     ) -> StoreResult<bool> {
-        intent::alongside();
+        if intent::waiting() {
+            let item = Self::delete_versioned_item(table, tenant, id, version)?;
+            return self.transact_one(item).await;
+        }
         let result = self
             .client
             .delete_item()
