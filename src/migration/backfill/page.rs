@@ -29,7 +29,7 @@ pub(super) struct Scanned {
 impl Scanned {
     /// Decodes an item read from DynamoDB.
     pub(super) fn from_item(entity: Entity, item: Item) -> Self {
-        let raw = item_json(&item).to_string().into_boxed_str();
+        let raw = item_json_text(&item).into_boxed_str();
         Self::decoded(entity, &item, raw)
     }
 
@@ -55,7 +55,7 @@ impl Scanned {
         Self { key, record, raw }
     }
 
-    /// The item as DynamoDB JSON text ([`item_json`]).
+    /// The item as DynamoDB JSON text ([`item_json_text`]).
     pub(super) fn json(&self) -> &str {
         &self.raw
     }

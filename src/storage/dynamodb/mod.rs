@@ -37,7 +37,7 @@ pub use dependents::INDEX_SETTLE;
 pub use intent::with_intent;
 pub use item::{Item, ItemReader, ItemWriter, from_attr, to_attr};
 pub use replica::{differing_fields, record_item};
-pub use scan::{ScanKey, ScanPage, item_from_json, item_json, record_from_item};
+pub use scan::{ScanKey, ScanPage, item_from_json, item_json, item_json_text, record_from_item};
 pub use tables::{TableNames, create_tables, delete_tables};
 
 /// Connection settings of the DynamoDB backend.
