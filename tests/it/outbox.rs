@@ -636,11 +636,14 @@ async fn a_dynamodb_move_stopped_part_way_is_replayed_to_postgres() {
     assert!((1..110).contains(&under_new), "{under_new} of 110 moved");
     wait_converged(&s.dynamo, &s.pg, &s.dynamo, &keys, &[]).await;
 
-    // Retrying moves the rest, and its copy follows. On moto, about one run in seven,
-    // the first retry was cancelled whole (every item's condition failed, though
-    // nothing else wrote) and the next one finished; the cause is not found yet (moto
-    // cancels a transaction by putting back a copy of the table taken as it began), so
-    // the move is retried as a caller would, up to five times.
+    // Retrying moves the rest, and its copy follows. On moto, about one run in
+    // fifteen, the first retry answers CONCURRENT_HIERARCHY_CHANGE although it was
+    // applied: moto deep-copies the table once per item of a transaction, so this
+    // 100-item one can take longer than the SDK's 5 s attempt timeout; the SDK sends it
+    // again with the same ClientRequestToken, which DynamoDB answers as the success it
+    // was but moto ignores, applying it a second time, where every item's version
+    // condition fails (seen with debug logging: the items stored at the versions and
+    // path the first send wrote). So the move is retried as a caller would.
     let mut attempts = 0;
     loop {
         attempts += 1;
