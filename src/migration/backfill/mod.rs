@@ -265,10 +265,8 @@ async fn run_locked(
             let l = &live[i].1;
             *l.started.lock().expect("not poisoned") = Some(Instant::now());
             load_table(stores, run_id, *entity, &scope, args, &throttle, l).await?;
-            analyzing.push((
-                table_name(*entity),
-                full_analyze(stores, table_name(*entity)),
-            ));
+            let table = table_name(*entity);
+            analyzing.push((table, full_analyze(stores, table)));
             let took = l
                 .started
                 .lock()

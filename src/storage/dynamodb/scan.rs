@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{DynamoStore, Item, s, sdk_error};
 use crate::storage::replica::{Entity, Record};
@@ -188,20 +188,16 @@ pub fn record_from_item(entity: Entity, item: &Item) -> StoreResult<Record> {
 /// The item in DynamoDB JSON (`{"name": {"S": "..."}}`); binary attributes (which
 /// no legacy table has) are recorded by size only.
 pub fn item_json(item: &Item) -> Value {
-    Value::Object(
-        item.iter()
-            .map(|(k, v)| (k.clone(), attr_json(v)))
-            .collect(),
-    )
+    serde_json::to_value(ItemJson(item)).expect("an item serializes")
 }
 
-/// The text of [`item_json`] (keys in the same order), written straight from the item
-/// without building the JSON value: the backfill keeps every item it reads this way.
+/// The text of [`item_json`] (keys sorted), written straight from the item without
+/// building the JSON value: the backfill keeps every item it reads this way.
 pub fn item_json_text(item: &Item) -> String {
     serde_json::to_string(&ItemJson(item)).expect("an item serializes")
 }
 
-/// An item, serialized as [`item_json`].
+/// An item in DynamoDB JSON, keys sorted.
 struct ItemJson<'a>(&'a Item);
 
 impl serde::Serialize for ItemJson<'_> {
@@ -217,7 +213,7 @@ impl serde::Serialize for ItemJson<'_> {
     }
 }
 
-/// An attribute value, serialized as [`attr_json`].
+/// An attribute value in DynamoDB JSON (`{"S": "..."}`).
 struct AttrJson<'a>(&'a AttributeValue);
 
 impl serde::Serialize for AttrJson<'_> {
@@ -273,21 +269,6 @@ fn json_attr(v: &Value) -> Option<AttributeValue> {
         "M" => AttributeValue::M(item_from_json(v)?),
         _ => return None,
     })
-}
-
-fn attr_json(a: &AttributeValue) -> Value {
-    match a {
-        AttributeValue::S(v) => json!({ "S": v }),
-        AttributeValue::N(v) => json!({ "N": v }),
-        AttributeValue::Bool(v) => json!({ "BOOL": v }),
-        AttributeValue::Null(_) => json!({ "NULL": true }),
-        AttributeValue::Ss(v) => json!({ "SS": v }),
-        AttributeValue::Ns(v) => json!({ "NS": v }),
-        AttributeValue::L(v) => json!({ "L": v.iter().map(attr_json).collect::<Vec<_>>() }),
-        AttributeValue::M(m) => json!({ "M": item_json(m) }),
-        AttributeValue::B(b) => json!({ "B": format!("{} bytes", b.as_ref().len()) }),
-        other => json!({ "?": format!("{other:?}") }),
-    }
 }
 
 #[cfg(test)]
