@@ -31,6 +31,13 @@ export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB RUST_LOG=warn
 BIN=./target/release/gcdr-data
 LOAD=./target/release/gcdr-load
 psql_() { psql -h 127.0.0.1 -U postgres -d postgres -Atq "$@"; }
+# CPU seconds of dynalite ($dpid, from its /proc ticks) and of the whole machine.
+ticks() { awk '{print $14 + $15}' "/proc/$dpid/stat"; }
+machine() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+hz=$(getconf CLK_TCK)
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# The median of the rates (items/s or rows/s) on the lines of $out that match $1.
+rate() { grep "$1" "$out" | sed -E 's/.*[ (]([0-9]+) (items|rows)\/s.*/\1/' | median; }
 
 echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
 for size in $SIZES; do
@@ -39,9 +46,8 @@ for size in $SIZES; do
   pkill -f node_modules/.bin/dynalite || true
   sleep 0.5
   bash scripts/ensure-dynalite.sh >/dev/null
+  dpid=$(pgrep -f node_modules/.bin/dynalite | head -1)
   export GCDR_STAGE="bf${size}x$$"
-  psql_ -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
-  $BIN migrate
   $BIN dynamodb create-tables >/dev/null
   echo
   echo "== $size legacy items of $TENANTS tenants (dynalite at $DYNAMODB_ENDPOINT, stage $GCDR_STAGE)"
@@ -57,26 +63,19 @@ for size in $SIZES; do
     psql_ -c "DROP DATABASE IF EXISTS ${DB}_raw" -c "CREATE DATABASE ${DB}_raw"
     $LOAD pg-upsert --rows "$size" --database-url "postgres://postgres@127.0.0.1:5432/${DB}_raw" | tee -a "$out"
     psql_ -c "DROP DATABASE ${DB}_raw"
-    if [ "$rep" -gt 1 ]; then
-      psql_ -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
-      $BIN migrate
-    fi
-    # Where the CPU goes during the backfill: ours (time), dynalite's (its /proc
-    # ticks), and the whole machine's (/proc/stat); PostgreSQL takes most of the rest.
-    dpid=$(pgrep -f node_modules/.bin/dynalite | head -1)
-    ticks() { awk '{print $14 + $15}' "/proc/$dpid/stat"; }
-    machine() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+    # Each backfill into a fresh database.
+    psql_ -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
+    $BIN migrate
+    # Where the CPU goes during the backfill: ours (time), dynalite's and the whole
+    # machine's; PostgreSQL takes most of the rest.
     d0=$(ticks); m0=$(machine)
     /usr/bin/time -f "backfill peak RSS: %M KB, wall %e s, CPU user %U s + system %S s" \
       $BIN backfill run --segments "$SEGMENTS" --page-size "$PAGE" --progress lines \
       --progress-interval "${PROGRESS_INTERVAL:-5}" 2>&1 | tee -a "$out"
-    hz=$(getconf CLK_TCK)
     awk -v d=$(( $(ticks) - d0 )) -v m=$(( $(machine) - m0 )) -v hz="$hz" \
       'BEGIN { printf "CPU during the backfill: dynalite %.1f s, whole machine %.1f s\n", d / hz, m / hz }'
     $BIN verify --segments "$SEGMENTS" | tail -1
   done
-  median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-  rate() { grep "$1" "$out" | sed -E 's/.*[ (]([0-9]+) (items|rows)\/s.*/\1/' | median; }
   scan=$(rate "raw parallel Scan")
   root=$(rate "root customers")
   mix=$(rate "the seeded mix")
