@@ -682,18 +682,39 @@ async fn kill_9_at_any_point_resumes_without_loss_or_duplicates() {
             .spawn()
             .expect("start gcdr-data")
     };
-    for wait_ms in [700, 1300, 900] {
+    const PROGRESS: &str = "SELECT coalesce(sum(scanned), 0)::bigint AS n FROM backfill_checkpoints WHERE run_id = 'crash'";
+    // First a kill during start-up, before anything can have committed; then each
+    // kill waits for the run to commit pages of its own (however slow the machine is
+    // today) and lands a varying time after, between or inside page transactions.
+    let mut child = spawn("40");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    let mut progressed = count(&stores, PROGRESS).await;
+    for after_ms in [0, 170, 420] {
         let mut child = spawn("40");
-        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = count(&stores, PROGRESS).await;
+            if now > progressed {
+                progressed = now;
+                break;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the backfill exited before it was killed"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the backfill committed nothing in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
     }
-    let progressed = count(
-        &stores,
-        "SELECT coalesce(sum(scanned), 0)::bigint AS n FROM backfill_checkpoints WHERE run_id = 'crash'",
-    )
-    .await;
-    assert!(progressed > 0, "the killed runs committed nothing");
+    let progressed = count(&stores, PROGRESS).await;
     assert!(progressed < total, "the killed runs finished; kill earlier");
     let status = spawn("0").wait().unwrap();
     assert!(status.success(), "resumed run failed: {status}");
