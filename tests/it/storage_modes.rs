@@ -1205,9 +1205,10 @@ async fn dynamodb_one_active_assignment_per_user_role_and_scope() {
         ))
         .await
         .expect("revoke");
-    // Held again, until an expiry two seconds away.
-    let soon = std::time::SystemTime::now() + Duration::from_secs(2);
-    let soon = soon.duration_since(std::time::UNIX_EPOCH).unwrap();
+    // Held again, until an expiry four seconds away (room for moto's stalls before the
+    // check that it holds).
+    let expiry = std::time::SystemTime::now() + Duration::from_secs(4);
+    let soon = expiry.duration_since(std::time::UNIX_EPOCH).unwrap();
     let expiring = prost_types::Timestamp {
         seconds: soon.as_secs() as i64,
         nanos: soon.subsec_nanos() as i32,
@@ -1217,7 +1218,10 @@ async fn dynamodb_one_active_assignment_per_user_role_and_scope() {
         .expect("the triple is free again after the revoke");
     let e = assign(None).await.expect_err("held by the expiring one");
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let left = expiry
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(500)).await;
     assign(None)
         .await
         .expect("the triple is free again once its holder expired");
