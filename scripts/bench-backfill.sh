@@ -11,6 +11,7 @@
 #   REPEAT=5 bash scripts/bench-backfill.sh        # alternations of raw runs and backfill (3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bench-lib.sh
 bash scripts/ensure-postgres.sh
 bash scripts/ensure-dynalite.sh
 cargo build --release --quiet --bins
@@ -35,7 +36,6 @@ psql_() { psql -h 127.0.0.1 -U postgres -d postgres -Atq "$@"; }
 ticks() { awk '{print $14 + $15}' "/proc/$dpid/stat"; }
 machine() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 hz=$(getconf CLK_TCK)
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 # The median of the rates (items/s or rows/s) on the lines of $out that match $1.
 rate() { grep "$1" "$out" | sed -E 's/.*[ (]([0-9]+) (items|rows)\/s.*/\1/' | median; }
 
@@ -43,9 +43,7 @@ echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/10485
 for size in $SIZES; do
   # A fresh dynalite per size: it keeps every table of every run in memory and its
   # scans slow down (and burn more of the two cores) as it grows.
-  pkill -f node_modules/.bin/dynalite || true
-  sleep 0.5
-  bash scripts/ensure-dynalite.sh >/dev/null
+  restart_dynalite
   dpid=$(pgrep -f node_modules/.bin/dynalite | head -1)
   export GCDR_STAGE="bf${size}x$$"
   $BIN dynamodb create-tables >/dev/null

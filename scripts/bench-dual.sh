@@ -35,6 +35,7 @@
 # is 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bench-lib.sh
 bash scripts/ensure-postgres.sh
 if [ "${EMULATOR:-moto}" = dynalite ]; then
   bash scripts/ensure-dynalite.sh
@@ -66,16 +67,13 @@ n=0
 emulator_pid() { pgrep -f "$1" | head -1; }
 # The latency figures of one gcdr-load run as "p50 p99", appended to $results.
 record() { sed -nE 's/.* p50=([0-9.]+)ms p99=([0-9.]+)ms.*/\1 \2/p' | tail -1 | sed "s/^/$1 $2 /" >>"$results"; }
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 # The median of column $3 (3: p50, 4: p99) of mode $1's op $2.
 med() { awk -v m="$1" -v o="$2" -v c="$3" '$1 == m && $2 == o { print $c }' "$results" | median; }
 for _ in $(seq 1 "$REPEAT"); do
   for mode in $MODES; do
     n=$((n + 1))
     if [ "${EMULATOR:-moto}" = dynalite ]; then
-      pkill -f node_modules/.bin/dynalite || true
-      sleep 0.5
-      bash scripts/ensure-dynalite.sh >/dev/null
+      restart_dynalite
     fi
     if [ "${EMULATOR_NICE:-0}" != 0 ]; then
       pattern=$([ "${EMULATOR:-moto}" = dynalite ] && echo node_modules/.bin/dynalite || echo moto-server.py)
