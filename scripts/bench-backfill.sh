@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark: `gcdr-data backfill` next to the two raw rates it is bounded by, from the
 # same run: a raw parallel Scan of the same legacy tables, and PostgreSQL's raw batch
-# upsert (1,000-row INSERT ... ON CONFLICT DO UPDATE). Source: dynalite (npm; moto is
+# upsert (1,000-row INSERT ... ON CONFLICT DO UPDATE); and, as a measure of the backfill's
+# own cost, a raw copy (the same Scan feeding the same upsert with nothing else, foreign
+# keys off, sharing the machine with the emulator as the backfill does). Source: dynalite (npm; moto is
 # too slow for 100,000 items). Also the backfill's peak RSS at each size, which must
 # not grow with the table.
 #
@@ -60,6 +62,11 @@ for size in $SIZES; do
     # tables (dead tuples, autovacuum running during the backfill).
     psql_ -c "DROP DATABASE IF EXISTS ${DB}_raw" -c "CREATE DATABASE ${DB}_raw"
     $LOAD pg-upsert --rows "$size" --database-url "postgres://postgres@127.0.0.1:5432/${DB}_raw" | tee -a "$out"
+    # The same Scan feeding the same upsert with nothing else, sharing the machine with
+    # the emulator as the backfill does: the backfill's ratio to it is its own cost.
+    psql_ -c "DROP DATABASE ${DB}_raw" -c "CREATE DATABASE ${DB}_raw"
+    $LOAD raw-copy --segments "$SEGMENTS" --page-size "$PAGE" \
+      --database-url "postgres://postgres@127.0.0.1:5432/${DB}_raw" | tee -a "$out"
     psql_ -c "DROP DATABASE ${DB}_raw"
     # Each backfill into a fresh database.
     psql_ -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
@@ -77,12 +84,13 @@ for size in $SIZES; do
   scan=$(rate "raw parallel Scan")
   root=$(rate "root customers")
   mix=$(rate "the seeded mix")
+  copy=$(rate "raw copy")
   ours=$(rate "run backfill")
   rss=$(grep "peak RSS" "$out" | sed -E 's/.*RSS: ([0-9]+) KB.*/\1/' | sort -n | tail -1)
   echo "== $size items, medians of $REPEAT: backfill $ours items/s; raw Scan $scan items/s; \
-raw upsert of the same rows $mix rows/s, of root customers $root rows/s"
-  awk -v o="$ours" -v s="$scan" -v m="$mix" -v r="$root" -v rss="$rss" 'BEGIN {
-    printf "== backfill / raw Scan %.2fx, / raw upsert of the same rows %.2fx, / of root customers %.2fx; peak RSS %.1f MB\n",
-      o / s, o / m, o / r, rss / 1024 }'
+raw upsert of the same rows $mix rows/s, of root customers $root rows/s; raw copy $copy items/s"
+  awk -v o="$ours" -v s="$scan" -v m="$mix" -v r="$root" -v c="$copy" -v rss="$rss" 'BEGIN {
+    printf "== backfill / raw Scan %.2fx, / raw upsert of the same rows %.2fx, / of root customers %.2fx, / raw copy %.2fx; peak RSS %.1f MB\n",
+      o / s, o / m, o / r, o / c, rss / 1024 }'
   $LOAD drop-legacy
 done

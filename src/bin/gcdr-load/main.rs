@@ -104,6 +104,22 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         batch: u64,
     },
+    /// Time the backfill's raw parts together: the legacy tables of `--stage` read
+    /// with parallel Scan segments and upserted page by page into `--database-url`
+    /// with nothing else (no rules, checks or checkpoints; foreign keys off, so a
+    /// superuser and a scratch database).
+    RawCopy {
+        #[arg(long, env = "DYNAMODB_ENDPOINT")]
+        endpoint: String,
+        #[arg(long, env = "GCDR_STAGE")]
+        stage: String,
+        #[arg(long)]
+        database_url: String,
+        #[arg(long, default_value_t = 4)]
+        segments: i32,
+        #[arg(long, default_value_t = 1000)]
+        page_size: i32,
+    },
     /// Drive one RPC and report throughput and latency.
     Run {
         #[arg(long, default_value = "http://127.0.0.1:50051")]
@@ -184,6 +200,16 @@ async fn main() -> anyhow::Result<()> {
             rows,
             batch,
         } => legacy::pg_upsert(&database_url, rows, batch).await,
+        Command::RawCopy {
+            endpoint,
+            stage,
+            database_url,
+            segments,
+            page_size,
+        } => {
+            let store = legacy::store(&endpoint, &stage).await;
+            legacy::raw_copy(&store, &database_url, segments, page_size).await
+        }
         Command::Run {
             addr,
             tenant,
