@@ -38,6 +38,22 @@ psql_() { psql -h 127.0.0.1 -U postgres -d postgres -Atq "$@"; }
 ticks() { awk '{print $14 + $15}' "/proc/$dpid/stat"; }
 machine() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 hz=$(getconf CLK_TCK)
+# Runs a command ($2...) and says where the CPU went meanwhile: the command's own
+# (with its peak RSS), dynalite's, and the rest of the machine's, which is mostly
+# PostgreSQL's. Its output and the figures go to $out.
+cpu_of() {
+  local label=$1 d0 m0 own
+  shift
+  own=$(mktemp)
+  d0=$(ticks); m0=$(machine)
+  /usr/bin/time -o "$own" -f "%M %U %S %e" "$@" 2>&1 | tee -a "$out"
+  read -r rss user sys wall < "$own"
+  rm -f "$own"
+  awk -v d=$(( $(ticks) - d0 )) -v m=$(( $(machine) - m0 )) -v hz="$hz" -v l="$label" \
+    -v rss="$rss" -v u="$user" -v s="$sys" -v w="$wall" 'BEGIN {
+      printf "%s peak RSS: %d KB, wall %.2f s; CPU: its own %.1f s, dynalite %.1f s, PostgreSQL and the rest %.1f s (whole machine %.1f s)\n",
+        l, rss, w, u + s, d / hz, m / hz - d / hz - u - s, m / hz }' | tee -a "$out"
+}
 # The median of the rates (items/s or rows/s) on the lines of $out that match $1.
 rate() { grep "$1" "$out" | sed -E 's/.*[ (]([0-9]+) (items|rows)\/s.*/\1/' | median; }
 
@@ -65,28 +81,22 @@ for size in $SIZES; do
     # The same Scan feeding the same upsert with nothing else, sharing the machine with
     # the emulator as the backfill does: the backfill's ratio to it is its own cost.
     psql_ -c "DROP DATABASE ${DB}_raw" -c "CREATE DATABASE ${DB}_raw"
-    $LOAD raw-copy --segments "$SEGMENTS" --page-size "$PAGE" \
-      --database-url "postgres://postgres@127.0.0.1:5432/${DB}_raw" | tee -a "$out"
+    cpu_of "raw copy" $LOAD raw-copy --segments "$SEGMENTS" --page-size "$PAGE" \
+      --database-url "postgres://postgres@127.0.0.1:5432/${DB}_raw"
     psql_ -c "DROP DATABASE ${DB}_raw"
     # Each backfill into a fresh database.
     psql_ -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
     $BIN migrate
-    # Where the CPU goes during the backfill: ours (time), dynalite's and the whole
-    # machine's; PostgreSQL takes most of the rest.
-    d0=$(ticks); m0=$(machine)
-    /usr/bin/time -f "backfill peak RSS: %M KB, wall %e s, CPU user %U s + system %S s" \
-      $BIN backfill run --segments "$SEGMENTS" --page-size "$PAGE" --progress lines \
-      --progress-interval "${PROGRESS_INTERVAL:-5}" 2>&1 | tee -a "$out"
-    awk -v d=$(( $(ticks) - d0 )) -v m=$(( $(machine) - m0 )) -v hz="$hz" \
-      'BEGIN { printf "CPU during the backfill: dynalite %.1f s, whole machine %.1f s\n", d / hz, m / hz }'
+    cpu_of backfill $BIN backfill run --segments "$SEGMENTS" --page-size "$PAGE" --progress lines \
+      --progress-interval "${PROGRESS_INTERVAL:-5}"
     $BIN verify --segments "$SEGMENTS" | tail -1
   done
   scan=$(rate "raw parallel Scan")
   root=$(rate "root customers")
   mix=$(rate "the seeded mix")
-  copy=$(rate "raw copy")
+  copy=$(rate "^raw copy (")
   ours=$(rate "run backfill")
-  rss=$(grep "peak RSS" "$out" | sed -E 's/.*RSS: ([0-9]+) KB.*/\1/' | sort -n | tail -1)
+  rss=$(grep "^backfill peak RSS" "$out" | sed -E 's/.*RSS: ([0-9]+) KB.*/\1/' | sort -n | tail -1)
   echo "== $size items, medians of $REPEAT: backfill $ours items/s; raw Scan $scan items/s; \
 raw upsert of the same rows $mix rows/s, of root customers $root rows/s; raw copy $copy items/s"
   awk -v o="$ours" -v s="$scan" -v m="$mix" -v r="$root" -v c="$copy" -v rss="$rss" 'BEGIN {
