@@ -42,7 +42,7 @@ hz=$(getconf CLK_TCK)
 # (with its peak RSS), dynalite's, and the rest of the machine's, which is mostly
 # PostgreSQL's. Its output and the figures go to $out.
 cpu_of() {
-  local label=$1 d0 m0 own
+  local label=$1 d0 m0 own rss user sys wall
   shift
   own=$(mktemp)
   d0=$(ticks); m0=$(machine)

@@ -434,8 +434,8 @@ async fn upsert_all(
 
 /// The backfill's raw parts run together on this machine: every legacy table read with
 /// `segments` parallel Scan segments of `page` items, each page decoded and upserted
-/// (250 rows per statement, one transaction per page, the next page read while one
-/// loads) with nothing else: no repair rules, parent lookups, code checks, deferrals,
+/// (as many rows per statement as the backfill, one transaction per page, the next page
+/// read while one loads) with nothing else: no repair rules, parent lookups, code checks, deferrals,
 /// ledger or checkpoint, and foreign keys off (`session_replication_role = replica`,
 /// which needs a superuser; scratch database only). The raw Scan and the raw upsert
 /// each have the machine to themselves; this one shares it with the emulator as the
@@ -470,15 +470,16 @@ pub async fn raw_copy(
                                 gcdr_data::storage::dynamodb::record_from_item(entity, i).ok()
                             })
                             .collect();
-                        anyhow::Ok((records, p.next))
+                        anyhow::Ok((p.items.len() as u64, records, p.next))
                     }
                 };
-                let (mut records, mut next) = scan(None).await?;
+                let (mut scanned, mut records, mut next) = scan(None).await?;
                 let mut items = 0u64;
                 loop {
-                    items += records.len() as u64;
+                    items += scanned;
                     let load = conn.transaction::<_, anyhow::Error, _>(async |c| {
-                        for chunk in records.chunks(250) {
+                        for chunk in records.chunks(gcdr_data::migration::backfill::STATEMENT_ROWS)
+                        {
                             gcdr_data::storage::postgres::upsert_records(c, chunk)
                                 .await
                                 .map_err(|e| anyhow::anyhow!("upsert: {e}"))?;
@@ -494,7 +495,7 @@ pub async fn raw_copy(
                     let (loaded, following) = tokio::join!(load, fetch);
                     loaded?;
                     match following? {
-                        Some(p) => (records, next) = p,
+                        Some(p) => (scanned, records, next) = p,
                         None => return anyhow::Ok(items),
                     }
                 }

@@ -62,6 +62,7 @@ mod page;
 mod prepare;
 mod progress;
 
+pub use page::STATEMENT_ROWS;
 use page::*;
 use prepare::*;
 use progress::*;

@@ -72,7 +72,7 @@ impl Scanned {
 /// held three copies of it per segment and grew every pooled connection's buffer to a
 /// page. 250 rows cost no throughput (the per-statement overhead is well under a
 /// millisecond) and keep that memory to a quarter of a page.
-const STATEMENT_ROWS: usize = 250;
+pub const STATEMENT_ROWS: usize = 250;
 
 /// Loads one page in one transaction with the checkpoint (or, for the deferred pass,
 /// with the removal of what it resolved). `last` is where the segment's scan now
