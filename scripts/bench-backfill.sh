@@ -11,6 +11,7 @@
 #   SIZES="100000" SEGMENTS=4 PAGE=1000 bash scripts/bench-backfill.sh
 #   TENANTS=1000 bash scripts/bench-backfill.sh    # many small tenants (default 4 large)
 #   REPEAT=5 bash scripts/bench-backfill.sh        # alternations of raw runs and backfill (3)
+#   PROFILE=1 bash scripts/bench-backfill.sh       # and one more backfill under `perf record -a`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bench-lib.sh
@@ -26,6 +27,10 @@ PAGE=${PAGE:-1000}
 # (about 35% of customers and assets with 4); tenants smaller than a page are not.
 TENANTS=${TENANTS:-4}
 REPEAT=${REPEAT:-3}
+if [ "${PROFILE:-0}" = 1 ] && ! command -v perf >/dev/null; then
+  echo "bench-backfill: PROFILE=1 needs perf (Debian: apt-get install linux-perf) and root" >&2
+  exit 1
+fi
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 DB=gcdr_bench_backfill
@@ -102,5 +107,26 @@ raw upsert of the same rows $mix rows/s, of root customers $root rows/s; raw cop
   awk -v o="$ours" -v s="$scan" -v m="$mix" -v r="$root" -v c="$copy" -v rss="$rss" 'BEGIN {
     printf "== backfill / raw Scan %.2fx, / raw upsert of the same rows %.2fx, / of root customers %.2fx, / raw copy %.2fx; peak RSS %.1f MB\n",
       o / s, o / m, o / r, o / c, rss / 1024 }'
+  if [ "${PROFILE:-0}" = 1 ]; then
+    # Where the machine's CPU goes during one more backfill (not in the medians: perf
+    # slows it): the share of each process, and PostgreSQL's main costs.
+    psql_ -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
+    $BIN migrate
+    prof=$(mktemp)
+    perf record -q -a -g -F 499 -o "$prof" -- $BIN backfill run --segments "$SEGMENTS" \
+      --page-size "$PAGE" --progress none | grep "^run backfill"
+    share() { perf report -i "$prof" "$@" --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$'; }
+    share --no-children --sort comm | awk '
+      { pct = $1 + 0; $1 = ""; sub(/^ +/, ""); who[$0] += pct }
+      END {
+        printf "== profile of the machine during one backfill: PostgreSQL %.1f%%, dynalite %.1f%%, backfill %.1f%%, idle %.1f%%, rest %.1f%%\n",
+          who["postgres"], who["node"], who["gcdr-data"] + who["tokio-rt-worker"], who["swapper"],
+          100 - who["postgres"] - who["node"] - who["gcdr-data"] - who["tokio-rt-worker"] - who["swapper"] }'
+    share --children --comm postgres --sort sym | awk '
+      $NF == "ExecInsertIndexTuples" { i = $1 } $NF == "AfterTriggerEndQuery" { f = $1 }
+      $NF == "analyze_rel" { a = $1 }
+      END { printf "== in PostgreSQL (%% of the machine): index inserts %s, foreign-key checks %s, ANALYZE %s\n", i, f, a }'
+    rm -f "$prof"
+  fi
   $LOAD drop-legacy
 done
