@@ -3,9 +3,10 @@
 # same run: a raw parallel Scan of the same legacy tables, and PostgreSQL's raw batch
 # upsert (1,000-row INSERT ... ON CONFLICT DO UPDATE); and, as a measure of the backfill's
 # own cost, a raw copy (the same Scan feeding the same upsert with nothing else, foreign
-# keys off, sharing the machine with the emulator as the backfill does). Source: dynalite (npm; moto is
-# too slow for 100,000 items). Also the backfill's peak RSS at each size, which must
-# not grow with the table.
+# keys off, sharing the machine with the emulator as the backfill does), and the
+# backfill itself with foreign keys off, which prices the schema's checks. Source:
+# dynalite (npm; moto is too slow for 100,000 items). Also the backfill's peak RSS at
+# each size, which must not grow with the table.
 #
 #   bash scripts/bench-backfill.sh                 # 10,000 and 100,000 items
 #   SIZES="100000" SEGMENTS=4 PAGE=1000 bash scripts/bench-backfill.sh
@@ -95,18 +96,31 @@ for size in $SIZES; do
     cpu_of backfill $BIN backfill run --segments "$SEGMENTS" --page-size "$PAGE" --progress lines \
       --progress-interval "${PROGRESS_INTERVAL:-5}"
     $BIN verify --segments "$SEGMENTS" | tail -1
+    # The same backfill with foreign keys off (a scratch database; superuser): what the
+    # schema's foreign-key checks cost it. The raw upsert of root customers checks none;
+    # the raw upsert of the same rows checks the same ones the backfill does.
+    psql_ -c "DROP DATABASE IF EXISTS ${DB}_nofk" -c "CREATE DATABASE ${DB}_nofk" \
+      -c "ALTER DATABASE ${DB}_nofk SET session_replication_role = replica"
+    nofk_url="postgres://postgres@127.0.0.1:5432/${DB}_nofk"
+    DATABASE_URL=$nofk_url $BIN migrate
+    DATABASE_URL=$nofk_url $BIN backfill run --run-id nofk --segments "$SEGMENTS" \
+      --page-size "$PAGE" --progress none | grep "^run nofk" | tee -a "$out"
+    psql_ -c "DROP DATABASE ${DB}_nofk"
   done
   scan=$(rate "raw parallel Scan")
   root=$(rate "root customers")
   mix=$(rate "the seeded mix")
   copy=$(rate "^raw copy (")
   ours=$(rate "run backfill")
+  nofk=$(rate "^run nofk")
   rss=$(grep "^backfill peak RSS" "$out" | sed -E 's/.*RSS: ([0-9]+) KB.*/\1/' | sort -n | tail -1)
   echo "== $size items, medians of $REPEAT: backfill $ours items/s; raw Scan $scan items/s; \
-raw upsert of the same rows $mix rows/s, of root customers $root rows/s; raw copy $copy items/s"
-  awk -v o="$ours" -v s="$scan" -v m="$mix" -v r="$root" -v c="$copy" -v rss="$rss" 'BEGIN {
+raw upsert of the same rows $mix rows/s, of root customers $root rows/s; raw copy $copy items/s; \
+backfill with foreign keys off $nofk items/s"
+  awk -v o="$ours" -v s="$scan" -v m="$mix" -v r="$root" -v c="$copy" -v n="$nofk" -v rss="$rss" 'BEGIN {
     printf "== backfill / raw Scan %.2fx, / raw upsert of the same rows %.2fx, / of root customers %.2fx, / raw copy %.2fx; peak RSS %.1f MB\n",
-      o / s, o / m, o / r, o / c, rss / 1024 }'
+      o / s, o / m, o / r, o / c, rss / 1024
+    printf "== backfill with foreign keys off / raw upsert of root customers %.2fx (with them %.2fx)\n", n / r, o / r }'
   if [ "${PROFILE:-0}" = 1 ]; then
     # Where the machine's CPU goes during one more backfill (not in the medians: perf
     # slows it): the share of each process, and PostgreSQL's main costs.
