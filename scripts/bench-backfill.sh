@@ -33,13 +33,16 @@ if [ "${PROFILE:-0}" = 1 ] && ! command -v perf >/dev/null; then
   exit 1
 fi
 out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+prof=$(mktemp)
+trap 'rm -f "$out" "$prof" "$prof.old"' EXIT
 DB=gcdr_bench_backfill
 export DYNAMODB_ENDPOINT=${GCDR_DYNALITE_URL:-http://127.0.0.1:8766}
 export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB RUST_LOG=warn
 BIN=./target/release/gcdr-data
 LOAD=./target/release/gcdr-load
 psql_() { psql -h 127.0.0.1 -U postgres -d postgres -Atq "$@"; }
+# An empty database $1 (any earlier one dropped); further arguments run after its creation.
+fresh_db() { local name=$1; shift; psql_ -c "DROP DATABASE IF EXISTS $name" -c "CREATE DATABASE $name" "$@"; }
 # CPU seconds of dynalite ($dpid, from its /proc ticks) and of the whole machine.
 ticks() { awk '{print $14 + $15}' "/proc/$dpid/stat"; }
 machine() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
@@ -82,16 +85,16 @@ for size in $SIZES; do
     $LOAD scan-legacy --segments "$SEGMENTS" --page-size "$PAGE" | tee -a "$out"
     # In a scratch database: the raw runs' deleted rows must not slow the backfill's
     # tables (dead tuples, autovacuum running during the backfill).
-    psql_ -c "DROP DATABASE IF EXISTS ${DB}_raw" -c "CREATE DATABASE ${DB}_raw"
+    fresh_db "${DB}_raw"
     $LOAD pg-upsert --rows "$size" --database-url "postgres://postgres@127.0.0.1:5432/${DB}_raw" | tee -a "$out"
     # The same Scan feeding the same upsert with nothing else, sharing the machine with
     # the emulator as the backfill does: the backfill's ratio to it is its own cost.
-    psql_ -c "DROP DATABASE ${DB}_raw" -c "CREATE DATABASE ${DB}_raw"
+    fresh_db "${DB}_raw"
     cpu_of "raw copy" $LOAD raw-copy --segments "$SEGMENTS" --page-size "$PAGE" \
       --database-url "postgres://postgres@127.0.0.1:5432/${DB}_raw"
     psql_ -c "DROP DATABASE ${DB}_raw"
     # Each backfill into a fresh database.
-    psql_ -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
+    fresh_db "$DB"
     $BIN migrate
     cpu_of backfill $BIN backfill run --segments "$SEGMENTS" --page-size "$PAGE" --progress lines \
       --progress-interval "${PROGRESS_INTERVAL:-5}"
@@ -99,8 +102,7 @@ for size in $SIZES; do
     # The same backfill with foreign keys off (a scratch database; superuser): what the
     # schema's foreign-key checks cost it. The raw upsert of root customers checks none;
     # the raw upsert of the same rows checks the same ones the backfill does.
-    psql_ -c "DROP DATABASE IF EXISTS ${DB}_nofk" -c "CREATE DATABASE ${DB}_nofk" \
-      -c "ALTER DATABASE ${DB}_nofk SET session_replication_role = replica"
+    fresh_db "${DB}_nofk" -c "ALTER DATABASE ${DB}_nofk SET session_replication_role = replica"
     nofk_url="postgres://postgres@127.0.0.1:5432/${DB}_nofk"
     DATABASE_URL=$nofk_url $BIN migrate
     DATABASE_URL=$nofk_url $BIN backfill run --run-id nofk --segments "$SEGMENTS" \
@@ -124,9 +126,8 @@ backfill with foreign keys off $nofk items/s"
   if [ "${PROFILE:-0}" = 1 ]; then
     # Where the machine's CPU goes during one more backfill (not in the medians: perf
     # slows it): the share of each process, and PostgreSQL's main costs.
-    psql_ -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
+    fresh_db "$DB"
     $BIN migrate
-    prof=$(mktemp)
     perf record -q -a -g -F 499 -o "$prof" -- $BIN backfill run --segments "$SEGMENTS" \
       --page-size "$PAGE" --progress none | grep "^run backfill"
     share() { perf report -i "$prof" "$@" --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$'; }
@@ -140,7 +141,6 @@ backfill with foreign keys off $nofk items/s"
       $NF == "ExecInsertIndexTuples" { i = $1 } $NF == "AfterTriggerEndQuery" { f = $1 }
       $NF == "analyze_rel" { a = $1 }
       END { printf "== in PostgreSQL (%% of the machine): index inserts %s, foreign-key checks %s, ANALYZE %s\n", i, f, a }'
-    rm -f "$prof"
   fi
   $LOAD drop-legacy
 done
