@@ -17,9 +17,9 @@ pub(super) struct PageOutcome {
 /// One item as a page holds it between its read and its load: the raw key, the
 /// decoded record (or why it cannot be decoded) and the item as DynamoDB JSON text,
 /// kept for a deferral or a quarantine. The SDK's form of a legacy item (a hash map of
-/// attribute values) is about three times its size, and a segment holds two pages at
-/// a time (the one loading, the one read ahead): decoding on arrival keeps that memory
-/// small next to what the process needs anyway.
+/// attribute values) is about three times its size: decoding on arrival keeps a page
+/// small next to what the process needs anyway. Preparing the page borrows the
+/// records ([`prepare::Held`]); only a repaired one is copied.
 pub(super) struct Scanned {
     pub(super) key: ledger::LedgerKey,
     pub(super) record: Result<Record, String>,
@@ -142,7 +142,7 @@ pub(super) async fn load_page(
                         repairs.insert(key.clone(), (fields, rules));
                     }
                     resolved.push(key.clone());
-                    ready.push((key.clone(), *item, *record));
+                    ready.push((key.clone(), *item, record));
                 }
                 // Counted once, when first deferred by the scan. In the deferred pass
                 // its row stays for the next round (`defer` only fills in an item the
@@ -166,21 +166,27 @@ pub(super) async fn load_page(
                 }
             }
         }
-        // Everything in one statement; if PostgreSQL refuses one row, each row in
-        // its own savepoint, quarantining the refused ones.
-        // Parents before children (the single-row fallback below writes them one by one).
+        // Statements of STATEMENT_ROWS rows, all in one savepoint. If they hit a code
+        // PostgreSQL already has, they are written again once the code-collision rule
+        // has looked the codes up; if PostgreSQL still refuses a row, each row is
+        // written in its own savepoint, quarantining the refused ones. Parents before
+        // children (the rows go in this order).
         ready.sort_by_key(|(_, _, r)| r.depth());
-        let (mut ready, mut records): (Vec<(ledger::LedgerKey, &Scanned)>, Vec<Record>) =
+        let (mut ready, mut records): (Vec<(ledger::LedgerKey, &Scanned)>, Vec<Held<Record>>) =
             ready.into_iter().map(|(k, i, r)| ((k, i), r)).unzip();
-        let bulk = conn
-            .transaction::<_, StoreError, _>(async |c| {
-                let mut written = 0;
-                for chunk in records.chunks(STATEMENT_ROWS) {
-                    written += upsert_records(c, chunk).await?;
-                }
-                Ok(written)
-            })
-            .await;
+        let mut refused = HashSet::new();
+        let mut bulk = upsert_chunks(conn, &records).await;
+        if let Err(StoreError::AlreadyExists {
+            reason: "CUSTOMER_CODE_EXISTS" | "ASSET_CODE_EXISTS",
+            ..
+        }) = bulk
+        {
+            let mut all: Vec<_> = records.iter_mut().collect();
+            for i in dedupe_codes(Some(&mut *conn), table_name(entity), &mut all).await? {
+                note_recode(&mut repairs, &mut clean, &ready[i].0);
+            }
+            bulk = upsert_chunks(conn, &records).await;
+        }
         match bulk {
             Ok(written) => {
                 out.loaded += written as i64;
@@ -188,32 +194,23 @@ pub(super) async fn load_page(
             }
             Err(StoreError::Unavailable(m)) => return Err(StoreError::Unavailable(m)),
             Err(_) => {
-                let mut refused = HashSet::new();
                 for ((key, item), record) in ready.iter().zip(records.iter_mut()) {
-                    let mut r = upsert_one(conn, record).await;
+                    let mut r = upsert_chunks(conn, std::slice::from_ref(record)).await;
                     // A code taken meanwhile by another segment's page (invisible to
-                    // the check before): the code-collision rule, as if seen then.
+                    // the lookup before): the code-collision rule, as if seen then.
                     if let Err(StoreError::AlreadyExists {
                         reason: "CUSTOMER_CODE_EXISTS" | "ASSET_CODE_EXISTS",
                         ..
                     }) = r
                     {
                         let id = record.key().id;
-                        match record {
+                        match record.to_mut() {
                             Record::Customer(c) => c.code = recode(&c.code, id),
                             Record::Asset(a) => a.code = recode(&a.code, id),
                             _ => {}
                         }
-                        let entry = repairs.entry(key.clone()).or_default();
-                        for (list, value) in
-                            [(&mut entry.0, "code"), (&mut entry.1, "code-collision")]
-                        {
-                            if !list.iter().any(|v| v == value) {
-                                list.push(value.to_owned());
-                            }
-                        }
-                        clean.retain(|k| k != key);
-                        r = upsert_one(conn, record).await;
+                        note_recode(&mut repairs, &mut clean, key);
+                        r = upsert_chunks(conn, std::slice::from_ref(record)).await;
                     }
                     match r {
                         Ok(1) => out.loaded += 1,
@@ -236,10 +233,10 @@ pub(super) async fn load_page(
                         }
                     }
                 }
-                clean.retain(|k| !refused.contains(k));
-                ready.retain(|(k, _)| !refused.contains(k));
             }
         }
+        clean.retain(|k| !refused.contains(k));
+        ready.retain(|(k, _)| !refused.contains(k));
         // Repairs of the rows that were written (or that PostgreSQL already had newer).
         for (key, _) in &ready {
             if let Some((fields, rules)) = repairs.get(key) {
@@ -288,12 +285,35 @@ pub(super) async fn load_page(
     .await
 }
 
-/// Upserts one record in its own savepoint (a refusal leaves the page's transaction
-/// usable).
-async fn upsert_one(conn: &mut AsyncPgConnection, record: &Record) -> StoreResult<usize> {
-    let one = std::slice::from_ref(record);
-    conn.transaction::<_, StoreError, _>(async |c| upsert_records(c, one).await)
-        .await
+/// Upserts records in statements of [`STATEMENT_ROWS`], all in one savepoint (a
+/// refusal leaves the page's transaction usable); returns how many were written.
+async fn upsert_chunks(
+    conn: &mut AsyncPgConnection,
+    records: &[Held<'_, Record>],
+) -> StoreResult<usize> {
+    conn.transaction::<_, StoreError, _>(async |c| {
+        let mut written = 0;
+        for chunk in records.chunks(STATEMENT_ROWS) {
+            written += upsert_records(c, chunk).await?;
+        }
+        Ok(written)
+    })
+    .await
+}
+
+/// Lists `key`'s code as repaired by the code-collision rule.
+fn note_recode(
+    repairs: &mut HashMap<ledger::LedgerKey, (Vec<String>, Vec<String>)>,
+    clean: &mut Vec<ledger::LedgerKey>,
+    key: &ledger::LedgerKey,
+) {
+    let entry = repairs.entry(key.clone()).or_default();
+    for (list, value) in [(&mut entry.0, "code"), (&mut entry.1, "code-collision")] {
+        if !list.iter().any(|v| v == value) {
+            list.push(value.to_owned());
+        }
+    }
+    clean.retain(|k| k != key);
 }
 
 /// Why PostgreSQL refused a row, for the quarantine table.

@@ -1,12 +1,53 @@
 //! Decoding and preparing legacy items: the repair rules of the module doc, applied
 //! against what PostgreSQL already holds.
 
+use std::ops::Deref;
+
 use super::*;
 
-/// One item, prepared for loading.
-pub(super) enum Prepared {
+/// A value of the page, borrowed until a rule changes it; then a copy, boxed (a
+/// record is ~800 bytes, and a page passes through several vectors of them).
+#[derive(Debug)]
+pub(super) enum Held<'a, T: Clone> {
+    Page(&'a T),
+    Changed(Box<T>),
+}
+
+impl<T: Clone> Held<'_, T> {
+    /// The value to change (copied from the page the first time).
+    pub(super) fn to_mut(&mut self) -> &mut T {
+        if let Held::Page(v) = self {
+            *self = Held::Changed(Box::new((*v).clone()));
+        }
+        match self {
+            Held::Changed(v) => v,
+            Held::Page(_) => unreachable!("replaced just above"),
+        }
+    }
+}
+
+impl<T: Clone> Deref for Held<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        match self {
+            Held::Page(v) => v,
+            Held::Changed(v) => v,
+        }
+    }
+}
+
+impl<T: Clone> std::borrow::Borrow<T> for Held<'_, T> {
+    fn borrow(&self) -> &T {
+        self
+    }
+}
+
+/// One item, prepared for loading. A record no rule changed is the page's own,
+/// borrowed; only a repaired one is copied.
+pub(super) enum Prepared<'a> {
     Ready {
-        record: Box<Record>,
+        record: Held<'a, Record>,
         fields: Vec<String>,
         rules: Vec<String>,
     },
@@ -19,18 +60,18 @@ pub(super) enum Prepared {
 }
 
 /// Decodes and prepares the items of one page (see the module doc for the rules).
-pub(super) async fn prepare(
+pub(super) async fn prepare<'a>(
     conn: &mut AsyncPgConnection,
     entity: Entity,
-    items: &[(ledger::LedgerKey, &Scanned)],
-) -> StoreResult<Vec<Prepared>> {
+    items: &[(ledger::LedgerKey, &'a Scanned)],
+) -> StoreResult<Vec<Prepared<'a>>> {
     let mut out = Vec::with_capacity(items.len());
     let mut decoded = Vec::with_capacity(items.len());
     for (_, item) in items {
         match &item.record {
             Ok(r) => {
                 out.push(None);
-                decoded.push(Some(r.clone()));
+                decoded.push(Some(r));
             }
             Err(reason) => {
                 out.push(Some(Prepared::Quarantine {
@@ -41,14 +82,14 @@ pub(super) async fn prepare(
         }
     }
     let prepared = match entity {
-        Entity::Customer => prepare_customers(conn, &mut decoded).await?,
-        Entity::Asset => prepare_assets(conn, &mut decoded).await?,
-        Entity::Device => prepare_devices(conn, &mut decoded).await?,
+        Entity::Customer => prepare_customers(conn, &decoded).await?,
+        Entity::Asset => prepare_assets(conn, &decoded).await?,
+        Entity::Device => prepare_devices(conn, &decoded).await?,
         _ => decoded
-            .iter_mut()
+            .iter()
             .map(|r| {
-                r.take().map(|record| Prepared::Ready {
-                    record: Box::new(record),
+                r.map(|record| Prepared::Ready {
+                    record: Held::Page(record),
                     fields: Vec::new(),
                     rules: Vec::new(),
                 })
@@ -83,12 +124,25 @@ impl Repairs {
         }
     }
 
-    pub(super) fn ready(self, record: Record) -> Prepared {
+    pub(super) fn ready(self, record: Held<'_, Record>) -> Prepared<'_> {
         Prepared::Ready {
-            record: Box::new(record),
+            record,
             fields: self.fields,
             rules: self.rules,
         }
+    }
+}
+
+/// The record of a node (`original`, which holds `node`) as prepared: the original
+/// when no rule changed it, else the changed copy.
+fn as_record<'a, T: Clone>(
+    original: &'a Record,
+    node: Held<'a, T>,
+    wrap: fn(T) -> Record,
+) -> Held<'a, Record> {
+    match node {
+        Held::Page(_) => Held::Page(original),
+        Held::Changed(n) => Held::Changed(Box::new(wrap(*n))),
     }
 }
 
@@ -223,13 +277,16 @@ pub(super) fn recode(code: &str, id: Uuid) -> String {
     format!("{head}-{suffix}")
 }
 
-/// Gives every record a code no other record (in PostgreSQL or earlier in the page)
-/// holds in its scope; `scope_of` is "" for customers, the customer id for assets.
+/// Gives every record a code no record before it in `records` holds in its scope
+/// and, with `conn`, none in PostgreSQL holds either (scope: "" for customers, the
+/// customer id for assets). Returns the positions of the records recoded. The page's
+/// records go through it without `conn` (codes are rarely taken, so PostgreSQL is
+/// asked only when a write of them hits a taken code: `page::upsert_chunk`).
 pub(super) async fn dedupe_codes(
-    conn: &mut AsyncPgConnection,
+    conn: Option<&mut AsyncPgConnection>,
     table: &str,
-    ready: &mut [(usize, Record, Repairs)],
-) -> StoreResult<()> {
+    records: &mut [&mut Held<'_, Record>],
+) -> StoreResult<Vec<usize>> {
     let code_key = |r: &Record| -> (String, String, String) {
         match r {
             Record::Customer(c) => (
@@ -245,20 +302,26 @@ pub(super) async fn dedupe_codes(
             _ => Default::default(),
         }
     };
-    let wanted: Vec<_> = ready.iter().map(|(_, r, _)| code_key(r)).collect();
-    let mut owners = code_owners(conn, table, &wanted).await?;
-    for (_, record, repairs) in ready.iter_mut() {
+    let mut owners = match conn {
+        Some(conn) => {
+            let wanted: Vec<_> = records.iter().map(|r| code_key(r)).collect();
+            code_owners(conn, table, &wanted).await?
+        }
+        None => HashMap::new(),
+    };
+    let mut recoded = Vec::new();
+    for (i, record) in records.iter_mut().enumerate() {
         let key = code_key(record);
         let id = record.key().id;
         match owners.get(&key) {
             Some(owner) if *owner != id => {
                 let new_code = recode(&key.2, id);
-                match record {
+                match record.to_mut() {
                     Record::Customer(c) => c.code = new_code.clone(),
                     Record::Asset(a) => a.code = new_code.clone(),
                     _ => {}
                 }
-                repairs.add("code", "code-collision");
+                recoded.push(i);
                 owners.insert((key.0, key.1, new_code), id);
             }
             Some(_) => {}
@@ -267,27 +330,29 @@ pub(super) async fn dedupe_codes(
             }
         }
     }
-    Ok(())
+    Ok(recoded)
 }
 
 /// Customers: parent from the path when it disagrees, path and depth from the
 /// parent's row, unique codes; a customer whose parent is not loaded yet is deferred.
-pub(super) async fn prepare_customers(
+pub(super) async fn prepare_customers<'a>(
     conn: &mut AsyncPgConnection,
-    decoded: &mut [Option<Record>],
-) -> StoreResult<Vec<Option<Prepared>>> {
+    decoded: &[Option<&'a Record>],
+) -> StoreResult<Vec<Option<Prepared<'a>>>> {
+    type Customer = crate::domain::customer::Customer;
     let mut out: Vec<Option<Prepared>> = decoded.iter().map(|_| None).collect();
-    let mut waiting: Vec<(usize, crate::domain::customer::Customer, Repairs)> = Vec::new();
-    for (i, slot) in decoded.iter_mut().enumerate() {
-        let Some(Record::Customer(mut c)) = slot.take() else {
+    let mut waiting: Vec<(usize, &Record, Held<Customer>, Repairs)> = Vec::new();
+    for (i, slot) in decoded.iter().enumerate() {
+        let Some(original @ Record::Customer(c)) = *slot else {
             continue;
         };
+        let mut c = Held::Page(c);
         let mut repairs = Repairs::default();
         let tenant = c.tenant_id.as_str().to_owned();
         if let Some(from_path) = parent_from_path(&c.path, &tenant, c.id.0, 1) {
             let from_path = from_path.map(CustomerId);
             if from_path != c.parent_id {
-                c.parent_id = from_path;
+                c.to_mut().parent_id = from_path;
                 repairs.add("parentCustomerId", "parent-from-path");
             }
         }
@@ -297,11 +362,11 @@ pub(super) async fn prepare_customers(
             });
             continue;
         }
-        waiting.push((i, c, repairs));
+        waiting.push((i, original, c, repairs));
     }
     let parents: HashSet<(String, Uuid)> = waiting
         .iter()
-        .filter_map(|(_, c, _)| c.parent_id.map(|p| (c.tenant_id.as_str().to_owned(), p.0)))
+        .filter_map(|(_, _, c, _)| c.parent_id.map(|p| (c.tenant_id.as_str().to_owned(), p.0)))
         .collect();
     let mut known: HashMap<(String, Uuid), (String, i32)> = nodes(conn, "customers", &parents)
         .await?
@@ -313,7 +378,7 @@ pub(super) async fn prepare_customers(
     loop {
         let mut progressed = false;
         let mut rest = Vec::new();
-        for (i, mut c, mut repairs) in waiting {
+        for (i, original, mut c, mut repairs) in waiting {
             let tenant = c.tenant_id.as_str().to_owned();
             let placed = match c.parent_id {
                 None => Some((format!("/{tenant}/{}", c.id.0), 0)),
@@ -325,17 +390,17 @@ pub(super) async fn prepare_customers(
                 Some((path, depth)) => {
                     if path != c.path {
                         repairs.add("path", "path-from-parents");
-                        c.path = path;
+                        c.to_mut().path = path;
                     }
                     if depth != c.depth {
                         repairs.add("depth", "path-from-parents");
-                        c.depth = depth;
+                        c.to_mut().depth = depth;
                     }
                     known.insert((tenant, c.id.0), (c.path.clone(), c.depth));
-                    ready.push((i, Record::Customer(c), repairs));
+                    ready.push((i, as_record(original, c, Record::Customer), repairs));
                     progressed = true;
                 }
-                None => rest.push((i, c, repairs)),
+                None => rest.push((i, original, c, repairs)),
             }
         }
         waiting = rest;
@@ -343,13 +408,16 @@ pub(super) async fn prepare_customers(
             break;
         }
     }
-    for (i, c, _) in waiting {
+    for (i, _, c, _) in waiting {
         let p = c.parent_id.map(|p| p.0.to_string()).unwrap_or_default();
         out[i] = Some(Prepared::Defer {
             waits_for: format!("parent customer {p}"),
         });
     }
-    dedupe_codes(conn, "customers", &mut ready).await?;
+    let mut records: Vec<_> = ready.iter_mut().map(|(_, r, _)| r).collect();
+    for i in dedupe_codes(None, "customers", &mut records).await? {
+        ready[i].2.add("code", "code-collision");
+    }
     for (i, record, repairs) in ready {
         out[i] = Some(repairs.ready(record));
     }
@@ -358,29 +426,31 @@ pub(super) async fn prepare_customers(
 
 /// Assets: as customers, plus the customer from the parent (roots: from the path,
 /// which must name a loaded customer).
-pub(super) async fn prepare_assets(
+pub(super) async fn prepare_assets<'a>(
     conn: &mut AsyncPgConnection,
-    decoded: &mut [Option<Record>],
-) -> StoreResult<Vec<Option<Prepared>>> {
+    decoded: &[Option<&'a Record>],
+) -> StoreResult<Vec<Option<Prepared<'a>>>> {
+    type Asset = crate::domain::asset::Asset;
     let mut out: Vec<Option<Prepared>> = decoded.iter().map(|_| None).collect();
-    let mut waiting: Vec<(usize, crate::domain::asset::Asset, Repairs)> = Vec::new();
-    for (i, slot) in decoded.iter_mut().enumerate() {
-        let Some(Record::Asset(mut a)) = slot.take() else {
+    let mut waiting: Vec<(usize, &Record, Held<Asset>, Repairs)> = Vec::new();
+    for (i, slot) in decoded.iter().enumerate() {
+        let Some(original @ Record::Asset(a)) = *slot else {
             continue;
         };
+        let mut a = Held::Page(a);
         let mut repairs = Repairs::default();
         let tenant = a.tenant_id.as_str().to_owned();
         if let Some(from_path) = parent_from_path(&a.path, &tenant, a.id.0, 2) {
             let from_path = from_path.map(AssetId);
             if from_path != a.parent_id {
-                a.parent_id = from_path;
+                a.to_mut().parent_id = from_path;
                 repairs.add("parentAssetId", "parent-from-path");
             }
             if a.parent_id.is_none() {
                 let seg = segments(&a.path);
                 if let Some(c) = Uuid::parse_str(seg[1]).ok().map(CustomerId) {
                     if c != a.customer_id {
-                        a.customer_id = c;
+                        a.to_mut().customer_id = c;
                         repairs.add("customerId", "customer-from-parent");
                     }
                 }
@@ -392,17 +462,17 @@ pub(super) async fn prepare_assets(
             });
             continue;
         }
-        waiting.push((i, a, repairs));
+        waiting.push((i, original, a, repairs));
     }
-    let tenant_of = |a: &crate::domain::asset::Asset| a.tenant_id.as_str().to_owned();
+    let tenant_of = |a: &Asset| a.tenant_id.as_str().to_owned();
     let parents: HashSet<(String, Uuid)> = waiting
         .iter()
-        .filter_map(|(_, a, _)| a.parent_id.map(|p| (tenant_of(a), p.0)))
+        .filter_map(|(_, _, a, _)| a.parent_id.map(|p| (tenant_of(a), p.0)))
         .collect();
     let customers: HashSet<(String, Uuid)> = waiting
         .iter()
-        .filter(|(_, a, _)| a.parent_id.is_none())
-        .map(|(_, a, _)| (tenant_of(a), a.customer_id.0))
+        .filter(|(_, _, a, _)| a.parent_id.is_none())
+        .map(|(_, _, a, _)| (tenant_of(a), a.customer_id.0))
         .collect();
     let loaded_customers = nodes(conn, "customers", &customers).await?;
     let mut known: HashMap<(String, Uuid), (String, i32, Uuid)> = nodes(conn, "assets", &parents)
@@ -414,7 +484,7 @@ pub(super) async fn prepare_assets(
     loop {
         let mut progressed = false;
         let mut rest = Vec::new();
-        for (i, mut a, mut repairs) in waiting {
+        for (i, original, mut a, mut repairs) in waiting {
             let tenant = tenant_of(&a);
             let placed = match a.parent_id {
                 None => loaded_customers
@@ -433,22 +503,22 @@ pub(super) async fn prepare_assets(
             match placed {
                 Some((path, depth, customer)) => {
                     if customer != a.customer_id.0 {
-                        a.customer_id = CustomerId(customer);
+                        a.to_mut().customer_id = CustomerId(customer);
                         repairs.add("customerId", "customer-from-parent");
                     }
                     if path != a.path {
                         repairs.add("path", "path-from-parents");
-                        a.path = path;
+                        a.to_mut().path = path;
                     }
                     if depth != a.depth {
                         repairs.add("depth", "path-from-parents");
-                        a.depth = depth;
+                        a.to_mut().depth = depth;
                     }
                     known.insert((tenant, a.id.0), (a.path.clone(), a.depth, customer));
-                    ready.push((i, Record::Asset(a), repairs));
+                    ready.push((i, as_record(original, a, Record::Asset), repairs));
                     progressed = true;
                 }
-                None => rest.push((i, a, repairs)),
+                None => rest.push((i, original, a, repairs)),
             }
         }
         waiting = rest;
@@ -456,14 +526,17 @@ pub(super) async fn prepare_assets(
             break;
         }
     }
-    for (i, a, _) in waiting {
+    for (i, _, a, _) in waiting {
         let waits_for = match a.parent_id {
             Some(p) => format!("parent asset {}", p.0),
             None => format!("customer {}", a.customer_id.0),
         };
         out[i] = Some(Prepared::Defer { waits_for });
     }
-    dedupe_codes(conn, "assets", &mut ready).await?;
+    let mut records: Vec<_> = ready.iter_mut().map(|(_, r, _)| r).collect();
+    for i in dedupe_codes(None, "assets", &mut records).await? {
+        ready[i].2.add("code", "code-collision");
+    }
     for (i, record, repairs) in ready {
         out[i] = Some(repairs.ready(record));
     }
@@ -471,10 +544,10 @@ pub(super) async fn prepare_assets(
 }
 
 /// Devices: the asset must be loaded; the customer is the asset's.
-pub(super) async fn prepare_devices(
+pub(super) async fn prepare_devices<'a>(
     conn: &mut AsyncPgConnection,
-    decoded: &mut [Option<Record>],
-) -> StoreResult<Vec<Option<Prepared>>> {
+    decoded: &[Option<&'a Record>],
+) -> StoreResult<Vec<Option<Prepared<'a>>>> {
     let wanted: HashSet<(String, Uuid)> = decoded
         .iter()
         .filter_map(|r| match r {
@@ -484,9 +557,9 @@ pub(super) async fn prepare_devices(
         .collect();
     let assets = nodes(conn, "assets", &wanted).await?;
     Ok(decoded
-        .iter_mut()
+        .iter()
         .map(|slot| {
-            let Some(Record::Device(mut d)) = slot.take() else {
+            let Some(original @ Record::Device(d)) = *slot else {
                 return None;
             };
             let Some(asset) = assets.get(&(d.tenant_id.as_str().to_owned(), d.asset_id.0)) else {
@@ -495,11 +568,12 @@ pub(super) async fn prepare_devices(
                 });
             };
             let mut repairs = Repairs::default();
+            let mut d = Held::Page(d);
             if asset.customer_id != d.customer_id.0 {
-                d.customer_id = CustomerId(asset.customer_id);
+                d.to_mut().customer_id = CustomerId(asset.customer_id);
                 repairs.add("customerId", "customer-from-parent");
             }
-            Some(repairs.ready(Record::Device(d)))
+            Some(repairs.ready(as_record(original, d, Record::Device)))
         })
         .collect())
 }

@@ -217,16 +217,16 @@ async fn write_record(
 /// Upserts records of one entity on `conn` (customers, assets and devices in one
 /// multi-row statement; the others one by one), never moving a row backwards; returns
 /// how many were written (the rest were older than what PostgreSQL has).
-pub async fn upsert_records(
+pub async fn upsert_records<R: std::borrow::Borrow<Record>>(
     conn: &mut AsyncPgConnection,
-    records: &[Record],
+    records: &[R],
 ) -> StoreResult<usize> {
     let mut customers_ = Vec::new();
     let mut assets_ = Vec::new();
     let mut devices_ = Vec::new();
     let mut written = 0;
     for r in records {
-        match r {
+        match r.borrow() {
             Record::Customer(c) => customers_.push(CustomerRow::from_domain(c)?),
             Record::Asset(a) => assets_.push(AssetRow::from_domain(a)?),
             Record::Device(d) => devices_.push(DeviceRow::from_domain(d)?),
