@@ -166,27 +166,14 @@ pub(super) async fn load_page(
                 }
             }
         }
-        // Statements of STATEMENT_ROWS rows, all in one savepoint. If they hit a code
-        // PostgreSQL already has, they are written again once the code-collision rule
-        // has looked the codes up; if PostgreSQL still refuses a row, each row is
-        // written in its own savepoint, quarantining the refused ones. Parents before
-        // children (the rows go in this order).
+        // Everything in statements of STATEMENT_ROWS rows in one savepoint; if
+        // PostgreSQL refuses one row, each row in its own savepoint, quarantining the
+        // refused ones. Parents before children (the rows go in this order).
         ready.sort_by_key(|(_, _, r)| r.depth());
         let (mut ready, mut records): (Vec<(ledger::LedgerKey, &Scanned)>, Vec<Held<Record>>) =
             ready.into_iter().map(|(k, i, r)| ((k, i), r)).unzip();
         let mut refused = HashSet::new();
-        let mut bulk = upsert_chunks(conn, &records).await;
-        if let Err(StoreError::AlreadyExists {
-            reason: "CUSTOMER_CODE_EXISTS" | "ASSET_CODE_EXISTS",
-            ..
-        }) = bulk
-        {
-            let mut all: Vec<_> = records.iter_mut().collect();
-            for i in dedupe_codes(Some(&mut *conn), table_name(entity), &mut all).await? {
-                note_recode(&mut repairs, &mut clean, &ready[i].0);
-            }
-            bulk = upsert_chunks(conn, &records).await;
-        }
+        let bulk = upsert_chunks(conn, &records).await;
         match bulk {
             Ok(written) => {
                 out.loaded += written as i64;

@@ -277,16 +277,13 @@ pub(super) fn recode(code: &str, id: Uuid) -> String {
     format!("{head}-{suffix}")
 }
 
-/// Gives every record a code no record before it in `records` holds in its scope
-/// and, with `conn`, none in PostgreSQL holds either (scope: "" for customers, the
-/// customer id for assets). Returns the positions of the records recoded. The page's
-/// records go through it without `conn` (codes are rarely taken, so PostgreSQL is
-/// asked only when a write of them hits a taken code: `page::upsert_chunk`).
+/// Gives every record a code no other record (in PostgreSQL or earlier in `ready`)
+/// holds in its scope; scope is "" for customers, the customer id for assets.
 pub(super) async fn dedupe_codes(
-    conn: Option<&mut AsyncPgConnection>,
+    conn: &mut AsyncPgConnection,
     table: &str,
-    records: &mut [&mut Held<'_, Record>],
-) -> StoreResult<Vec<usize>> {
+    ready: &mut [(usize, Held<'_, Record>, Repairs)],
+) -> StoreResult<()> {
     let code_key = |r: &Record| -> (String, String, String) {
         match r {
             Record::Customer(c) => (
@@ -302,15 +299,9 @@ pub(super) async fn dedupe_codes(
             _ => Default::default(),
         }
     };
-    let mut owners = match conn {
-        Some(conn) => {
-            let wanted: Vec<_> = records.iter().map(|r| code_key(r)).collect();
-            code_owners(conn, table, &wanted).await?
-        }
-        None => HashMap::new(),
-    };
-    let mut recoded = Vec::new();
-    for (i, record) in records.iter_mut().enumerate() {
+    let wanted: Vec<_> = ready.iter().map(|(_, r, _)| code_key(r)).collect();
+    let mut owners = code_owners(conn, table, &wanted).await?;
+    for (_, record, repairs) in ready.iter_mut() {
         let key = code_key(record);
         let id = record.key().id;
         match owners.get(&key) {
@@ -321,7 +312,7 @@ pub(super) async fn dedupe_codes(
                     Record::Asset(a) => a.code = new_code.clone(),
                     _ => {}
                 }
-                recoded.push(i);
+                repairs.add("code", "code-collision");
                 owners.insert((key.0, key.1, new_code), id);
             }
             Some(_) => {}
@@ -330,7 +321,7 @@ pub(super) async fn dedupe_codes(
             }
         }
     }
-    Ok(recoded)
+    Ok(())
 }
 
 /// Customers: parent from the path when it disagrees, path and depth from the
@@ -414,10 +405,7 @@ pub(super) async fn prepare_customers<'a>(
             waits_for: format!("parent customer {p}"),
         });
     }
-    let mut records: Vec<_> = ready.iter_mut().map(|(_, r, _)| r).collect();
-    for i in dedupe_codes(None, "customers", &mut records).await? {
-        ready[i].2.add("code", "code-collision");
-    }
+    dedupe_codes(conn, "customers", &mut ready).await?;
     for (i, record, repairs) in ready {
         out[i] = Some(repairs.ready(record));
     }
@@ -533,10 +521,7 @@ pub(super) async fn prepare_assets<'a>(
         };
         out[i] = Some(Prepared::Defer { waits_for });
     }
-    let mut records: Vec<_> = ready.iter_mut().map(|(_, r, _)| r).collect();
-    for i in dedupe_codes(None, "assets", &mut records).await? {
-        ready[i].2.add("code", "code-collision");
-    }
+    dedupe_codes(conn, "assets", &mut ready).await?;
     for (i, record, repairs) in ready {
         out[i] = Some(repairs.ready(record));
     }
