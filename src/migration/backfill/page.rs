@@ -172,7 +172,6 @@ pub(super) async fn load_page(
         ready.sort_by_key(|(_, _, r)| r.depth());
         let (mut ready, mut records): (Vec<(ledger::LedgerKey, &Scanned)>, Vec<Held<Record>>) =
             ready.into_iter().map(|(k, i, r)| ((k, i), r)).unzip();
-        let mut refused = HashSet::new();
         let bulk = upsert_chunks(conn, &records).await;
         match bulk {
             Ok(written) => {
@@ -181,10 +180,11 @@ pub(super) async fn load_page(
             }
             Err(StoreError::Unavailable(m)) => return Err(StoreError::Unavailable(m)),
             Err(_) => {
+                let mut refused = HashSet::new();
                 for ((key, item), record) in ready.iter().zip(records.iter_mut()) {
                     let mut r = upsert_chunks(conn, std::slice::from_ref(record)).await;
                     // A code taken meanwhile by another segment's page (invisible to
-                    // the lookup before): the code-collision rule, as if seen then.
+                    // the check before): the code-collision rule, as if seen then.
                     if let Err(StoreError::AlreadyExists {
                         reason: "CUSTOMER_CODE_EXISTS" | "ASSET_CODE_EXISTS",
                         ..
@@ -220,10 +220,10 @@ pub(super) async fn load_page(
                         }
                     }
                 }
+                clean.retain(|k| !refused.contains(k));
+                ready.retain(|(k, _)| !refused.contains(k));
             }
         }
-        clean.retain(|k| !refused.contains(k));
-        ready.retain(|(k, _)| !refused.contains(k));
         // Repairs of the rows that were written (or that PostgreSQL already had newer).
         for (key, _) in &ready {
             if let Some((fields, rules)) = repairs.get(key) {
