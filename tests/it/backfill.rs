@@ -424,6 +424,7 @@ fn args(run_id: &str) -> BackfillArgs {
         tenants: vec![],
         segments: 3,
         page_size: 2,
+        read_ahead: 1,
         rate: 0.0,
         run_id: run_id.into(),
         restart: false,
@@ -612,18 +613,24 @@ async fn a_dirty_legacy_fixture_loads_with_repairs_and_quarantine_and_verifies_c
     // Running it again changes nothing and counts nothing twice.
     let again = backfill::run(&stores, &args("fixture")).await.unwrap();
     assert_eq!(again.tables, summary.tables);
-    let fresh = backfill::run(
-        &stores,
-        &BackfillArgs {
-            restart: true,
-            ..args("fixture")
-        },
-    )
-    .await
-    .unwrap();
-    let c2 = &fresh.tables[0].1;
-    assert_eq!((c2.scanned, c2.quarantined), (c.scanned, c.quarantined));
-    assert_parity(&stores).await;
+    // From the start again, with no read-ahead at all (the segment waits for its
+    // page's load before reading the next), then with more read-ahead than segments.
+    for (segments, read_ahead) in [(1, 0), (2, 1000)] {
+        let fresh = backfill::run(
+            &stores,
+            &BackfillArgs {
+                restart: true,
+                segments,
+                read_ahead,
+                ..args("fixture")
+            },
+        )
+        .await
+        .unwrap();
+        let c2 = &fresh.tables[0].1;
+        assert_eq!((c2.scanned, c2.quarantined), (c.scanned, c.quarantined));
+        assert_parity(&stores).await;
+    }
 }
 
 /// The real binary, killed with SIGKILL at several points, then run to the end.

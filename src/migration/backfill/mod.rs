@@ -8,8 +8,9 @@
 //! position and counts). A crash or `kill -9` therefore loses at most the page in
 //! flight, which the resumed run reads again; rows are versioned upserts keyed by
 //! `(tenant_id, id)`, so nothing is duplicated and nothing newer written by dual write
-//! is overwritten. Memory holds two pages per segment (the one loading, the one read
-//! ahead), decoded on arrival ([`page::Scanned`]), whatever the table's size.
+//! is overwritten. Memory holds a page per segment (the one loading) and at most
+//! `--read-ahead` pages read meanwhile, decoded on arrival ([`page::Scanned`]),
+//! whatever the table's size.
 //!
 //! Tables load parents first (customers, assets, devices, policies, roles,
 //! assignments, partners). Inside a table, an item whose parent comes later in the scan
@@ -83,6 +84,10 @@ pub struct BackfillArgs {
     /// Items per Scan page (and per PostgreSQL transaction).
     #[arg(long, default_value_t = 500)]
     pub page_size: i32,
+    /// Pages read ahead over all segments while theirs load (at most one per segment):
+    /// memory holds `segments + read_ahead` pages at most, whatever the table's size.
+    #[arg(long, default_value_t = 2)]
+    pub read_ahead: i32,
     /// Items per second over all segments; 0 = unthrottled. Change it while the run
     /// goes with `gcdr-data backfill rate`.
     #[arg(long, default_value_t = 0.0)]
@@ -148,6 +153,10 @@ pub async fn run(stores: &Stores, args: &BackfillArgs) -> anyhow::Result<Summary
     anyhow::ensure!(
         (1..=10_000).contains(&args.page_size),
         "--page-size must be 1..=10000"
+    );
+    anyhow::ensure!(
+        (0..=1000).contains(&args.read_ahead),
+        "--read-ahead must be 0..=1000"
     );
     anyhow::ensure!(
         args.rate >= 0.0 && args.rate.is_finite(),
@@ -649,9 +658,15 @@ async fn load_table(
             }
         }
     };
+    // Items in flight over all segments: each segment's page loading, plus at most
+    // `read_ahead` pages read while theirs load.
+    let budget = tokio::sync::Semaphore::new(page_budget(args));
     let load = async {
         let segments = (0..args.segments).map(|segment| {
-            scan_segment(stores, run_id, entity, segment, scope, args, throttle, live)
+            let budget = &budget;
+            scan_segment(
+                stores, run_id, entity, segment, scope, args, throttle, budget, live,
+            )
         });
         let scanned = futures::future::try_join_all(segments)
             .await
@@ -721,6 +736,15 @@ async fn checkpoint(
     .await?)
 }
 
+/// The items a table's segments may hold at once: a page loading per segment, and
+/// `read_ahead` pages (no more than one per segment) read meanwhile.
+fn page_budget(args: &BackfillArgs) -> usize {
+    let pages = args.segments + args.read_ahead.min(args.segments);
+    usize::try_from(pages * args.page_size).unwrap_or(usize::MAX)
+}
+
+/// Scans one segment page by page, loading each page while the next one is read
+/// (when the budget has room for it).
 #[allow(clippy::too_many_arguments)]
 async fn scan_segment(
     stores: &Stores,
@@ -730,6 +754,7 @@ async fn scan_segment(
     scope: &Scope,
     args: &BackfillArgs,
     throttle: &Throttle,
+    budget: &tokio::sync::Semaphore,
     live: &Live,
 ) -> anyhow::Result<()> {
     let cp = checkpoint(stores, run_id, entity, segment).await?;
@@ -741,8 +766,16 @@ async fn scan_segment(
         .map(serde_json::from_value)
         .transpose()
         .context("bad checkpoint")?;
+    let page_items = u32::try_from(args.page_size).unwrap_or(u32::MAX);
     let scan = |from: Option<ScanKey>| async move {
-        retry(|| {
+        // Room for a whole page before it is read; what the page leaves unused goes
+        // back at once. A segment always gets its page in the end: the pages holding
+        // the budget are loading, and each gives its room back when its load is done.
+        let mut room = budget
+            .acquire_many(page_items)
+            .await
+            .expect("the budget is never closed");
+        let page = retry(|| {
             stores.dynamo.scan_page(
                 entity,
                 segment,
@@ -752,20 +785,27 @@ async fn scan_segment(
             )
         })
         .await
-        .map(|page| {
-            let items: Vec<Scanned> = (page.items.into_iter())
-                .map(|item| Scanned::from_item(entity, item))
-                .collect();
-            (items, page.next)
+        .with_context(|| format!("scan of {} segment {segment}", table_name(entity)))?;
+        let items: Vec<Scanned> = (page.items.into_iter())
+            .map(|item| Scanned::from_item(entity, item))
+            .collect();
+        drop(room.split((page_items as usize).saturating_sub(items.len())));
+        anyhow::Ok(Loaded {
+            items,
+            next: page.next,
+            _room: room,
         })
-        .with_context(|| format!("scan of {} segment {segment}", table_name(entity)))
     };
-    let (mut items, mut next) = scan(position).await?;
+    let mut page = scan(position).await?;
     loop {
-        throttle.acquire(items.len()).await;
+        throttle.acquire(page.items.len()).await;
+        let scanned = page.items.len() as i64;
+        let next = page.next.clone();
         // Load this page while the next one is read (the checkpoint only moves when the
-        // load commits, so a crash re-reads from here).
+        // load commits, so a crash re-reads from here). The page, and its room in the
+        // budget, go as soon as it is loaded.
         let load = async {
+            let page = page;
             retry(|| {
                 load_page(
                     stores,
@@ -773,8 +813,8 @@ async fn scan_segment(
                     entity,
                     segment,
                     scope,
-                    &items,
-                    next.as_ref(),
+                    &page.items,
+                    page.next.as_ref(),
                     false,
                     None,
                 )
@@ -783,24 +823,30 @@ async fn scan_segment(
             .with_context(|| format!("load of a {} page", table_name(entity)))
         };
         let fetch = async {
-            match &next {
-                Some(k) => scan(Some(k.clone())).await.map(Some),
+            match next {
+                Some(k) => scan(Some(k)).await.map(Some),
                 None => Ok(None),
             }
         };
         let (outcome, following) = tokio::join!(load, fetch);
         let outcome = outcome?;
-        live.scanned
-            .fetch_add(items.len() as i64, Ordering::Relaxed);
+        live.scanned.fetch_add(scanned, Ordering::Relaxed);
         live.loaded
             .fetch_add(outcome.loaded + outcome.unchanged, Ordering::Relaxed);
         live.quarantined
             .fetch_add(outcome.quarantined, Ordering::Relaxed);
         match following? {
-            Some(p) => (items, next) = p,
+            Some(p) => page = p,
             None => return Ok(()),
         }
     }
+}
+
+/// A page read and decoded, with its room in the budget of items in flight.
+struct Loaded<'a> {
+    items: Vec<Scanned>,
+    next: Option<ScanKey>,
+    _room: tokio::sync::SemaphorePermit<'a>,
 }
 
 /// Retries a store call that failed for want of the store (connection lost, throttled)
