@@ -6,7 +6,7 @@
 # keys off, sharing the machine with the emulator as the backfill does), and the
 # backfill itself with foreign keys off, which prices the schema's checks. Source:
 # dynalite (npm; moto is too slow for 100,000 items). Also the backfill's peak RSS at
-# each size, which must not grow with the table.
+# each size, which must not grow with the table, and its RSS every half second.
 #
 #   bash scripts/bench-backfill.sh                 # 10,000 and 100,000 items
 #   SIZES="100000" SEGMENTS=4 PAGE=1000 bash scripts/bench-backfill.sh
@@ -34,7 +34,7 @@ if [ "${PROFILE:-0}" = 1 ] && ! command -v perf >/dev/null; then
 fi
 out=$(mktemp)
 prof=$(mktemp)
-trap 'rm -f "$out" "$prof" "$prof.old"' EXIT
+trap 'rm -f "$out" "$prof" "$prof.old" "$prof.rss"' EXIT
 DB=gcdr_bench_backfill
 export DYNAMODB_ENDPOINT=${GCDR_DYNALITE_URL:-http://127.0.0.1:8766}
 export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB RUST_LOG=warn
@@ -62,6 +62,23 @@ cpu_of() {
     -v rss="$rss" -v u="$user" -v s="$sys" -v w="$wall" 'BEGIN {
       printf "%s peak RSS: %d KB, wall %.2f s; CPU: its own %.1f s, dynalite %.1f s, PostgreSQL and the rest %.1f s (whole machine %.1f s)\n",
         l, rss, w, u + s, d / hz, m / hz - d / hz - u - s, m / hz }' | tee -a "$out"
+}
+# The RSS of the backfill (the newest gcdr-data process, waited for) every half second
+# until it ends: memory that grows with the run's time, not its size, shows as the same
+# figures at the same second in runs of any size.
+rss_trace() {
+  local pid="" samples=""
+  for _ in $(seq 1 200); do
+    pid=$(pgrep -n -x gcdr-data || true)
+    [ -n "$pid" ] && break
+    sleep 0.01
+  done
+  [ -n "$pid" ] || return 0
+  while [ -r "/proc/$pid/status" ]; do
+    samples="$samples $(awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status" 2>/dev/null)"
+    sleep 0.5
+  done
+  echo "backfill RSS every 0.5 s (MB):$samples"
 }
 # The median of the rates (items/s or rows/s) on the lines of $out that match $1.
 rate() { grep "$1" "$out" | sed -E 's/.*[ (]([0-9]+) (items|rows)\/s.*/\1/' | median; }
@@ -96,8 +113,11 @@ for size in $SIZES; do
     # Each backfill into a fresh database.
     fresh_db "$DB"
     $BIN migrate
+    rss_trace > "$prof.rss" &
     cpu_of backfill $BIN backfill run --segments "$SEGMENTS" --page-size "$PAGE" --progress lines \
       --progress-interval "${PROGRESS_INTERVAL:-5}"
+    wait
+    tee -a "$out" < "$prof.rss"
     $BIN verify --segments "$SEGMENTS" | tail -1
     # The same backfill with foreign keys off (a scratch database; superuser): what the
     # schema's foreign-key checks cost it. The raw upsert of root customers checks none;
