@@ -790,7 +790,7 @@ async fn scan_segment(
             .map(|item| Scanned::from_item(entity, item))
             .collect();
         drop(room.split((page_items as usize).saturating_sub(items.len())));
-        anyhow::Ok(Loaded {
+        anyhow::Ok(ReadPage {
             items,
             next: page.next,
             _room: room,
@@ -843,7 +843,7 @@ async fn scan_segment(
 }
 
 /// A page read and decoded, with its room in the budget of items in flight.
-struct Loaded<'a> {
+struct ReadPage<'a> {
     items: Vec<Scanned>,
     next: Option<ScanKey>,
     _room: tokio::sync::SemaphorePermit<'a>,

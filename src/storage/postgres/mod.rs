@@ -120,8 +120,8 @@ fn build_pool(
         .retry_connection(false)
         // The connection returned last is handed out first: a few warm connections do
         // the work (their prepared statements cached, their buffers already grown to
-        // the largest message they carried) and the rest idle. In turn, every pooled
-        // connection would end up holding buffers the size of a backfill statement.
+        // the largest message they carried) and the rest idle. Handed out in turn, every
+        // pooled connection would end up holding buffers the size of a backfill statement.
         .queue_strategy(bb8::QueueStrategy::Lifo)
         // A broken connection surfaces as an error on use (mapped to UNAVAILABLE);
         // a ping before every checkout would double the round trips.
