@@ -425,6 +425,8 @@ fn args(run_id: &str) -> BackfillArgs {
         segments: 3,
         page_size: 2,
         read_ahead: 1,
+        // Every page gathered from two Scan requests.
+        scan_request: 1,
         rate: 0.0,
         run_id: run_id.into(),
         restart: false,
@@ -614,14 +616,16 @@ async fn a_dirty_legacy_fixture_loads_with_repairs_and_quarantine_and_verifies_c
     let again = backfill::run(&stores, &args("fixture")).await.unwrap();
     assert_eq!(again.tables, summary.tables);
     // From the start again, with no read-ahead at all (the segment waits for its
-    // page's load before reading the next), then with more read-ahead than segments.
-    for (segments, read_ahead) in [(1, 0), (2, 1000)] {
+    // page's load before reading the next), then with more read-ahead than segments
+    // and Scan requests larger than a page.
+    for (segments, read_ahead, scan_request) in [(1, 0, 1), (2, 1000, 5)] {
         let fresh = backfill::run(
             &stores,
             &BackfillArgs {
                 restart: true,
                 segments,
                 read_ahead,
+                scan_request,
                 ..args("fixture")
             },
         )
@@ -674,6 +678,9 @@ async fn kill_9_at_any_point_resumes_without_loss_or_duplicates() {
             .args([
                 "--page-size",
                 "3",
+                // A page from two Scan requests: some kills land between them.
+                "--scan-request",
+                "2",
                 "--progress",
                 "lines",
                 "--progress-interval",
@@ -982,6 +989,16 @@ async fn filters_and_resume_options_are_checked() {
     .await
     .unwrap_err();
     assert!(e.to_string().contains("--segments"), "{e}");
+    let e = backfill::run(
+        &stores,
+        &BackfillArgs {
+            scan_request: 0,
+            ..args("x")
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("--scan-request"), "{e}");
     // A missing legacy table is named at once (not retried as an outage).
     let devices = stores.dynamo.tables().devices.clone();
     (stores.dynamo.client().delete_table())

@@ -88,6 +88,11 @@ pub struct BackfillArgs {
     /// memory holds `segments + read_ahead` pages at most, whatever the table's size.
     #[arg(long, default_value_t = 2)]
     pub read_ahead: i32,
+    /// Items per Scan request; a page gathers as many requests as it needs. The SDK
+    /// decodes a response whole (its body, its attribute maps and the HTTP buffers,
+    /// about four times the items' size), so this bounds that transient per segment.
+    #[arg(long, default_value_t = 250)]
+    pub scan_request: i32,
     /// Items per second over all segments; 0 = unthrottled. Change it while the run
     /// goes with `gcdr-data backfill rate`.
     #[arg(long, default_value_t = 0.0)]
@@ -157,6 +162,10 @@ pub async fn run(stores: &Stores, args: &BackfillArgs) -> anyhow::Result<Summary
     anyhow::ensure!(
         (0..=1000).contains(&args.read_ahead),
         "--read-ahead must be 0..=1000"
+    );
+    anyhow::ensure!(
+        (1..=10_000).contains(&args.scan_request),
+        "--scan-request must be 1..=10000"
     );
     anyhow::ensure!(
         args.rate >= 0.0 && args.rate.is_finite(),
@@ -775,24 +784,30 @@ async fn scan_segment(
             .acquire_many(page_items)
             .await
             .expect("the budget is never closed");
-        let page = retry(|| {
-            stores.dynamo.scan_page(
-                entity,
-                segment,
-                args.segments,
-                from.as_ref(),
-                args.page_size,
-            )
-        })
-        .await
-        .with_context(|| format!("scan of {} segment {segment}", table_name(entity)))?;
-        let items: Vec<Scanned> = (page.items.into_iter())
-            .map(|item| Scanned::from_item(entity, item))
-            .collect();
+        // The page in Scan requests of at most `--scan-request` items, each decoded as
+        // it arrives: segments decode concurrently, and at 1,000 items a request the
+        // SDK's transient was the largest and least predictable part of the memory.
+        let mut items: Vec<Scanned> = Vec::with_capacity(args.page_size as usize);
+        let mut next = from;
+        loop {
+            let want = (args.page_size - items.len() as i32).min(args.scan_request);
+            let response = retry(|| {
+                stores
+                    .dynamo
+                    .scan_page(entity, segment, args.segments, next.as_ref(), want)
+            })
+            .await
+            .with_context(|| format!("scan of {} segment {segment}", table_name(entity)))?;
+            items.extend((response.items.into_iter()).map(|item| Scanned::from_item(entity, item)));
+            next = response.next;
+            if next.is_none() || items.len() >= args.page_size as usize {
+                break;
+            }
+        }
         drop(room.split((page_items as usize).saturating_sub(items.len())));
         anyhow::Ok(ReadPage {
             items,
-            next: page.next,
+            next,
             _room: room,
         })
     };
