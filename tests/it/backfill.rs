@@ -979,26 +979,21 @@ async fn filters_and_resume_options_are_checked() {
     other.tables = vec!["devices".into()];
     let e = backfill::run(&stores, &other).await.unwrap_err();
     assert!(e.to_string().contains("--restart"), "{e}");
-    let e = backfill::run(
-        &stores,
-        &BackfillArgs {
-            segments: 0,
-            ..args("x")
-        },
-    )
-    .await
-    .unwrap_err();
-    assert!(e.to_string().contains("--segments"), "{e}");
-    let e = backfill::run(
-        &stores,
-        &BackfillArgs {
-            scan_request: 0,
-            ..args("x")
-        },
-    )
-    .await
-    .unwrap_err();
-    assert!(e.to_string().contains("--scan-request"), "{e}");
+    let zero_segments = BackfillArgs {
+        segments: 0,
+        ..args("x")
+    };
+    let zero_request = BackfillArgs {
+        scan_request: 0,
+        ..args("x")
+    };
+    for (bad, option) in [
+        (zero_segments, "--segments"),
+        (zero_request, "--scan-request"),
+    ] {
+        let e = backfill::run(&stores, &bad).await.unwrap_err();
+        assert!(e.to_string().contains(option), "{e}");
+    }
     // A missing legacy table is named at once (not retried as an outage).
     let devices = stores.dynamo.tables().devices.clone();
     (stores.dynamo.client().delete_table())
