@@ -22,7 +22,7 @@ cargo build --release --quiet --bins
 
 SIZES=${SIZES:-10000 100000}
 SEGMENTS=${SEGMENTS:-4}
-PAGE=${PAGE:-1000}
+PAGE=${PAGE:-500}  # the backfill's own default
 # A tenant's items share a partition key, so one Scan segment reads them in id order:
 # with few large tenants, children often come before their parents and are deferred
 # (about 35% of customers and assets with 4); tenants smaller than a page are not.
