@@ -785,8 +785,7 @@ async fn scan_segment(
             .await
             .expect("the budget is never closed");
         // The page in Scan requests of at most `--scan-request` items, each decoded as
-        // it arrives: segments decode concurrently, and at 1,000 items a request the
-        // SDK's transient was the largest and least predictable part of the memory.
+        // it arrives (why: the option's doc).
         let mut items: Vec<Scanned> = Vec::with_capacity(args.page_size as usize);
         let mut next = from;
         loop {
